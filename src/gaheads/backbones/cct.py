@@ -1,0 +1,91 @@
+"""Compact Convolutional Transformer backbone (Hassani et al. 2021), SPEC 2.1.
+
+timm has no CCT. The encoder layers are timm's ViT ``Block``; what is written here is the
+convolutional tokenizer and the assembly. ``forward_features`` returns the final-normed
+tokens (B, N, C); any head of ``gaheads.heads`` turns them into logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+class ConvTokenizer(nn.Module):
+    """n x [conv kxk stride 1 (no bias) -> ReLU -> MaxPool 3x3 stride 2 pad 1]; (B,3,H,W) -> (B,N,C)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int = 3, num_layers: int = 1,
+                 hidden_chans: int = 64) -> None:
+        super().__init__()
+        chans = [in_chans] + [hidden_chans] * (num_layers - 1) + [embed_dim]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size, stride=1, padding=kernel_size // 2, bias=False),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+        self.layers = nn.Sequential(*layers)
+        self.num_layers = num_layers
+
+    def grid_size(self, img_size: int) -> int:
+        for _ in range(self.num_layers):
+            img_size = (img_size - 1) // 2 + 1  # MaxPool 3/2/1
+        return img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).flatten(2).transpose(1, 2)
+
+
+class CCT(nn.Module):
+    """CCT-L/kxn backbone: conv tokenizer, learned positional embedding, L pre-norm encoder layers.
+
+    Args:
+        img_size: square input size (sets the positional embedding's token count).
+        embed_dim, depth, num_heads, mlp_ratio: the transformer's width, layers, heads, MLP ratio.
+        kernel_size, num_conv_layers: the tokenizer's k and n.
+        attn_drop_rate: attention dropout (0.1); drop_path_rate: stochastic depth, linear over layers.
+    """
+
+    def __init__(self, img_size: int = 32, in_chans: int = 3, embed_dim: int = 256, depth: int = 7,
+                 num_heads: int = 4, mlp_ratio: float = 2.0, kernel_size: int = 3, num_conv_layers: int = 1,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.1, drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        self.embed_dim = self.num_features = embed_dim
+        self.tokenizer = ConvTokenizer(in_chans, embed_dim, kernel_size, num_conv_layers)
+        side = self.tokenizer.grid_size(img_size)
+        self.grid_size = (side, side)
+        self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=False, attn_drop=attn_drop_rate,
+                  drop_path=dpr[i]) for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        trunc_normal_(self.pos_embed, std=0.2)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> tokens (B, N, C)."""
+        x = self.tokenizer(x)
+        if x.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(f"input gives {x.shape[1]} tokens but the model was built for "
+                             f"{self.pos_embed.shape[1]} (img_size); build it with the matching img_size")
+        x = self.pos_drop(x + self.pos_embed)
+        return self.norm(self.blocks(x))
+
+    forward = forward_features

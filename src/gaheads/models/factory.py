@@ -1,0 +1,32 @@
+"""``create_model``: timm's factory with a clear error for unknown names."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def suggest(name: str, choices: list[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def create_model(name: str, num_classes: int | None = None, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build any registered model (gaheads' or timm's) by name.
+
+    ``num_classes`` / ``img_size`` are passed only when given, so a model's defaults stand.
+    """
+    if not timm.is_model(name):
+        raise UnknownModelError(f"unknown model {name!r}{suggest(name, timm.list_models())}")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    return timm.create_model(name, **kwargs)
