@@ -4,6 +4,7 @@
 """
 
 from . import models
+from .checkpoint import load, save_weights
 from .heads import create_head
 from .loss import LossParts, MultiHeadLoss, create_task_loss
 from .models import MultiHeadModel, create_model, list_models
@@ -11,4 +12,4 @@ from .models import MultiHeadModel, create_model, list_models
 __version__ = "0.1.0"
 
 __all__ = ["LossParts", "MultiHeadLoss", "MultiHeadModel", "create_head", "create_model", "create_task_loss",
-           "list_models", "models", "__version__"]
+           "list_models", "load", "models", "save_weights", "__version__"]

@@ -11,6 +11,12 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("gaheads.cli.info", "parameters, GMACs, branches and input size of models"),
+    "train": ("gaheads.train.cli", "train a model (timm-style flags; also python -m gaheads.train, train.py)"),
+    "multi-train": ("gaheads.train.multi", "train models under the SeqAttention seed's setups (multi_train.py)"),
+    "validate": ("gaheads.cli.validate", "top-1/top-5 of the ensemble and each branch; --diversity"),
+    "predict": ("gaheads.cli.predict", "top-k classes of images or folders from a checkpoint"),
+    "export": ("gaheads.cli.export", "export a checkpoint to onnx, torchscript or safetensors"),
+    "explain": ("gaheads.cli.explain", "per-branch class-attention maps of one image, as a PNG"),
 }
 
 
@@ -34,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"gaheads: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if not e.name or not e.name.startswith("gaheads"):
+            raise
+        print(f"gaheads: subcommand {name!r} is not available in this build", file=sys.stderr)
+        return 2
     return int(module.main(rest) or 0)
 
 
