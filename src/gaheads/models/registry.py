@@ -16,7 +16,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 REGISTERED: list[str] = []
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# not part of how a model is rebuilt: timm's own plumbing, and a one-off backbone weight file
+_NOT_RECORDED = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "backbone_checkpoint")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -46,7 +47,7 @@ def register(module_name: str, name: str, model_cls: Callable[..., nn.Module], c
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
             raise ValueError(f"{name}: no pretrained weights are published; load a checkpoint with gaheads.load")
-        user_kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY_KWARGS}
+        user_kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_RECORDED}
         model = build_model_with_cfg(model_cls, name, pretrained, **{**fixed, **kwargs})
         model.gaheads_config = {"name": name, "kwargs": user_kwargs}
         return model

@@ -1,0 +1,225 @@
+"""CSWin Transformer backbone (Dong et al., CVPR 2022); timm has no CSWin.
+
+A CSWin block splits its channels (and heads) into two halves: one half attends within
+vertical stripes of width ``sw`` (full height), the other within horizontal stripes (full
+width); together a token sees a cross-shaped window. The last stage attends globally.
+Locally-enhanced positional encoding (LePE): a 3x3 depthwise conv of V inside each window,
+added to the attention output. Stages are joined by a 3x3 stride-2 conv + LayerNorm.
+
+Feature maps travel channels-last (B, H, W, C) inside the stages; ``forward_pyramid``
+returns channels-first maps for the multi-scale GA models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+
+
+def check_cswin_dims(dim: int, num_heads: int, global_attn: bool) -> int:
+    """Number of attention directions (1 global, 2 cross-shaped); raises if dim/heads do not split."""
+    n_dirs = 1 if global_attn else 2
+    if num_heads % n_dirs or dim % num_heads:
+        raise ValueError(f"CSWin block: {num_heads} heads over {dim} channels must split evenly into "
+                         f"{n_dirs} direction(s)")
+    return n_dirs
+
+
+def depthwise_conv3x3(channels: int) -> nn.Conv2d:
+    """LePE's 3x3 depthwise conv (bias)."""
+    return nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], num_heads: int,
+                     lepe: nn.Module) -> torch.Tensor:
+    """Self-attention inside non-overlapping (wh, ww) windows, plus LePE.
+
+    q, k, v: (B, K, H, W, C) for K independent branches (K = 1 for a plain block); the
+    branches share the window layout and are folded into the batch of one attention call.
+    ``lepe`` is a depthwise conv over K*C channels (branch-major). Returns (B, K, H, W, C).
+    """
+    b, nb, h, w, c = q.shape
+    wh, ww = window
+    nh, nw, n, hd = h // wh, w // ww, wh * ww, c // num_heads
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # -> (B*nWin, K, n, C)
+        return t.reshape(b, nb, nh, wh, nw, ww, c).permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, nb, n, c)
+
+    def split_heads(t: torch.Tensor) -> torch.Tensor:  # -> (B*nWin*K, heads, n, hd)
+        return t.reshape(-1, n, num_heads, hd).transpose(1, 2)
+
+    qw, kw, vw = windows(q), windows(k), windows(v)
+    # LePE sees V of each window as an image, zero-padded at the window's border
+    pos = lepe(vw.transpose(2, 3).reshape(-1, nb * c, wh, ww)).reshape(-1, nb, c, n).transpose(2, 3)
+    out = F.scaled_dot_product_attention(split_heads(qw), split_heads(kw), split_heads(vw))
+    out = out.transpose(1, 2).reshape(-1, nb, n, c) + pos
+    return out.reshape(b, nh, nw, nb, wh, ww, c).permute(0, 3, 1, 4, 2, 5, 6).reshape(b, nb, h, w, c)
+
+
+def _stripe(size: int, stripe: int, axis: str) -> int:
+    sw = min(stripe, size)
+    if size % sw:
+        raise ValueError(f"CSWin: feature map {axis} {size} is not divisible by stripe width {stripe}; "
+                         "choose an input size whose stage maps are")
+    return sw
+
+
+def cross_shaped_attention(qkv: torch.Tensor, num_heads: int, stripe: int, lepe: Sequence[nn.Module],
+                           global_attn: bool) -> torch.Tensor:
+    """CSWin attention of (B, K, H, W, 3C) projected q|k|v -> (B, K, H, W, C).
+
+    Cross-shaped: channels [:C/2] with heads/2 in vertical stripes (H, sw), channels [C/2:]
+    in horizontal stripes (sw, W); ``lepe`` holds one conv per direction. Global: one window
+    covering the map, all heads, one LePE conv. A stripe wider than the map is clamped to it.
+    """
+    h, w = qkv.shape[2:4]
+    q, k, v = qkv.chunk(3, dim=-1)
+    if global_attn:
+        return window_attention(q, k, v, (h, w), num_heads, lepe[0])
+    half, heads = q.shape[-1] // 2, num_heads // 2
+    vertical = window_attention(q[..., :half], k[..., :half], v[..., :half], (h, _stripe(w, stripe, "width")),
+                                heads, lepe[0])
+    horizontal = window_attention(q[..., half:], k[..., half:], v[..., half:], (_stripe(h, stripe, "height"), w),
+                                  heads, lepe[1])
+    return torch.cat([vertical, horizontal], dim=-1)
+
+
+class CSWinBlock(nn.Module):
+    """Pre-norm CSWin block on (B, H, W, C): x + proj(CSWinAttn(LN(x))), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, stripe: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 global_attn: bool = False, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads, self.stripe, self.global_attn = num_heads, stripe, global_attn
+        n_dirs = check_cswin_dims(dim, num_heads, global_attn)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.lepe = nn.ModuleList(depthwise_conv3x3(dim // n_dirs) for _ in range(n_dirs))
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(self.norm1(x)).unsqueeze(1)  # one branch: (B, 1, H, W, 3C)
+        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, self.lepe, self.global_attn).squeeze(1)
+        x = x + self.drop_path(self.proj(att))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvLayerNorm(nn.Module):
+    """Conv on a channels-last map, then LayerNorm: CSWin's patch embedding and stage merging.
+
+    (B, H, W, C_in) or, with ``channels_first_in``, the image (B, C_in, H, W) -> (B, H', W', C_out).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int,
+                 channels_first_in: bool = False) -> None:
+        super().__init__()
+        self.channels_first_in = channels_first_in
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding)
+        self.norm = nn.LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first_in:
+            x = x.permute(0, 3, 1, 2)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class DeepStem(nn.Module):
+    """Deep 3-conv stem, stride 4: 3x3/2 conv -> BN -> GELU -> 3x3/2 conv -> BN -> GELU -> 3x3 conv -> LN.
+
+    (B, 3, H, W) -> (B, H/4, W/4, C). The GA release replaces CSWin's 7x7 patch conv with it.
+    """
+
+    def __init__(self, in_chans: int, dim: int) -> None:
+        super().__init__()
+        mid = dim // 2
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_chans, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid), nn.GELU(),
+            nn.Conv2d(mid, dim, 3, 2, 1, bias=False), nn.BatchNorm2d(dim), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, 1, 1))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.convs(x).permute(0, 2, 3, 1))
+
+
+class CSWin(nn.Module):
+    """CSWin backbone: stem (stride 4), four stages of CSWin blocks joined by 3x3/2 conv + LN merges.
+
+    Args:
+        embed_dim: stage-0 width; stage i has ``embed_dim * 2**i`` channels.
+        depths, num_heads, stripes: per stage; the last stage attends globally.
+        stem: ``"patch"`` (CSWin's 7x7 stride-4 conv + LN) or ``"deep"`` (:class:`DeepStem`).
+        num_intermediates: ``a``; stage 2 also emits its output after blocks n, 2n, …, a·n
+            (n = depth₂ // (a+1)) in ``forward_pyramid``.
+        drop_path_rate: stochastic depth, linear over ``sum(depths) + extra_drop_path_blocks``
+            blocks (the GA models continue the schedule into their fifth stage).
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64, depths: Sequence[int] = (1, 2, 21, 1),
+                 num_heads: Sequence[int] = (2, 4, 8, 16), stripes: Sequence[int] = (1, 2, 7, 7),
+                 mlp_ratio: float = 4.0, stem: str = "patch", num_intermediates: int = 0,
+                 drop_path_rate: float = 0.0, extra_drop_path_blocks: int = 0) -> None:
+        super().__init__()
+        if stem == "patch":
+            self.stem = ConvLayerNorm(in_chans, embed_dim, 7, 4, 2, channels_first_in=True)
+        elif stem == "deep":
+            self.stem = DeepStem(in_chans, embed_dim)
+        else:
+            raise ValueError(f"CSWin stem must be 'patch' or 'deep', got {stem!r}")
+        self.dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.depths = list(depths)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths) + extra_drop_path_blocks, device="cpu").tolist()
+        self.merges = nn.ModuleList(ConvLayerNorm(self.dims[i - 1], self.dims[i], 3, 2, 1)
+                                    for i in range(1, len(depths)))
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            last = i == len(depths) - 1
+            start = sum(depths[:i])
+            self.stages.append(nn.Sequential(*[
+                CSWinBlock(self.dims[i], num_heads[i], stripes[i], mlp_ratio, global_attn=last,
+                           drop_path=dpr[start + j]) for j in range(depth)]))
+        every = self.depths[2] // (num_intermediates + 1)
+        self.intermediates = {every * i for i in range(1, num_intermediates + 1)}  # blocks n, 2n, …, a·n
+        self.pyramid_dims = self.dims[:2] + [self.dims[2]] * (num_intermediates + 1) + self.dims[3:]
+        self.num_features = self.dims[-1]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Image (B, 3, H, W) -> channels-first maps [stage0, stage1, stage2 intermediates…, stage2, stage3]."""
+        x = self.stem(x)
+        out = []
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.merges[i - 1](x)
+            for j, block in enumerate(stage, start=1):
+                x = block(x)
+                if i == 2 and j in self.intermediates:
+                    out.append(x.permute(0, 3, 1, 2))
+            out.append(x.permute(0, 3, 1, 2))
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> last-stage map, channels-last (B, H/32, W/32, C)."""
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.merges[i - 1](x)
+            x = stage(x)
+        return x

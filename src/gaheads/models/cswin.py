@@ -1,0 +1,153 @@
+"""CSWin classifiers (``cswin_tiny_224``, ``cswin_small_224``) and GA-CSWin T/S (SPEC 2.3).
+
+GA-CSWin follows the GA-ConvNeXt pattern: a deep 3-conv stem, the four CSWin stages,
+multi-scale aggregation at stage 2's resolution (14x14 at 224) into a fifth CSWin stage of
+width D, then five GA branches, each with its own one-block CSWin gram layer at width d.
+The configuration (chosen to land within 3% of the paper's 42.0M / 6.1 and 54.3M / 8.7;
+see the README's model zoo) is in ``GA_CSWIN_ARCHS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ..backbones.cswin import CSWin, CSWinBlock
+from ..heads import GramAttentionHead
+from .base import MultiHeadModel
+from .gram_layers import BranchCSWinBlock
+from .multiscale import aggregate
+from .registry import make_cfg, register
+
+CSWIN_ARCHS = {
+    "cswin_tiny_224": dict(depths=(1, 2, 21, 1)),
+    "cswin_small_224": dict(depths=(2, 4, 32, 2)),
+}
+# GA-CSWin: CSWin depths, a (stage-2 intermediates), fifth-stage width D and blocks, GA d / e / m
+GA_CSWIN_ARCHS = {
+    "ga_cswin_tiny_224": dict(depths=(1, 2, 21, 1), num_intermediates=2, fifth_dim=512, fifth_depth=1,
+                              gram_dim=192, attn_dim=192, mlp_groups=4),
+    "ga_cswin_small_224": dict(depths=(2, 4, 32, 2), num_intermediates=4, fifth_dim=512, fifth_depth=1,
+                               gram_dim=192, attn_dim=192, mlp_groups=4),
+}
+SEED_ALIASES = {"ga_CSWin_64_12211_tiny_224": "ga_cswin_tiny_224", "ga_CSWin_64_24322_small_224": "ga_cswin_small_224"}
+
+
+class CSWinTransformer(nn.Module):
+    """Plain CSWin classifier: :class:`CSWin` (7x7 patch stem) -> LayerNorm -> token mean -> Linear.
+
+    ``forward_features``: (B, H/32, W/32, C) channels-last, normed.
+    """
+
+    def __init__(self, depths: Sequence[int] = (1, 2, 21, 1), num_classes: int = 1000, in_chans: int = 3,
+                 embed_dim: int = 64, num_heads: Sequence[int] = (2, 4, 8, 16), stripes: Sequence[int] = (1, 2, 7, 7),
+                 mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 img_size: int | None = None) -> None:
+        super().__init__()
+        self.backbone = CSWin(in_chans, embed_dim, depths, num_heads, stripes, mlp_ratio, stem="patch",
+                              drop_path_rate=drop_path_rate)
+        self.num_classes, self.num_features = num_classes, self.backbone.num_features
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._init_head()
+
+    def _init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._init_head()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.backbone.forward_features(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class MultiScaleCSWin(nn.Module):
+    """CSWin (deep stem) + multi-scale aggregation + fifth CSWin stage: image -> X (B, D, H/16, W/16).
+
+    Fifth stage: 1x1 conv (bias) from the concatenation to D + LayerNorm, ``fifth_depth``
+    CSWin blocks (D/32 heads, stripe 7), final LayerNorm. Drop path continues linearly
+    from the four stages into the fifth.
+    """
+
+    def __init__(self, depths: Sequence[int], num_intermediates: int, fifth_dim: int, fifth_depth: int = 1,
+                 in_chans: int = 3, embed_dim: int = 64, num_heads: Sequence[int] = (2, 4, 8, 16),
+                 stripes: Sequence[int] = (1, 2, 7, 7), mlp_ratio: float = 4.0, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.trunk = CSWin(in_chans, embed_dim, depths, num_heads, stripes, mlp_ratio, stem="deep",
+                           num_intermediates=num_intermediates, drop_path_rate=drop_path_rate,
+                           extra_drop_path_blocks=fifth_depth)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths) + fifth_depth, device="cpu").tolist()[sum(depths):]
+        self.proj = nn.Conv2d(sum(self.trunk.pyramid_dims), fifth_dim, 1)
+        self.proj_norm = nn.LayerNorm(fifth_dim)
+        self.blocks = nn.Sequential(*[CSWinBlock(fifth_dim, fifth_dim // 32, stripes[2], mlp_ratio, drop_path=p)
+                                      for p in dpr])
+        self.norm = nn.LayerNorm(fifth_dim)
+        self.num_features = fifth_dim
+        trunc_normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+        for m in self.blocks.modules():
+            CSWin._init_weights(m)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
+        pyramid = self.trunk.forward_pyramid(x)
+        x = self.proj(aggregate(pyramid, pyramid[-2].shape[-2:])).permute(0, 2, 3, 1)
+        return self.norm(self.blocks(self.proj_norm(x))).permute(0, 3, 1, 2)
+
+
+class GACSWin(MultiHeadModel):
+    """GA-CSWin: :class:`MultiScaleCSWin` + K GA branches, each with a CSWin gram layer.
+
+    Args:
+        depths: CSWin stage depths. num_intermediates: a.
+        fifth_dim, fifth_depth: D and the fifth stage's block count.
+        gram_dim, attn_dim, mlp_groups, contraction_groups, embed_groups: d, e, m, g, embedding groups.
+        gram_heads: heads of the CSWin gram layer (stripe 7, cross-shaped), default d/32.
+        img_size: unused (the input size is free up to stripe divisibility); accepted so
+            ``create_model(name, img_size=...)`` works for every model.
+    """
+
+    def __init__(self, depths: Sequence[int] = (1, 2, 21, 1), num_intermediates: int = 2, fifth_dim: int = 512,
+                 fifth_depth: int = 1, gram_dim: int = 192, attn_dim: int = 128, mlp_groups: int = 4,
+                 num_classes: int = 1000, num_branches: int = 5, contraction_groups: int = 1, embed_groups: int = 8,
+                 gram_heads: int | None = None, in_chans: int = 3, drop_path_rate: float = 0.0,
+                 img_size: int | None = None) -> None:
+        backbone = MultiScaleCSWin(depths, num_intermediates, fifth_dim, fifth_depth, in_chans,
+                                   drop_path_rate=drop_path_rate)
+        gram_layer = BranchCSWinBlock(gram_dim, num_branches, gram_heads or gram_dim // 32, stripe=7)
+        head = GramAttentionHead(fifth_dim, num_classes, num_branches, gram_dim=gram_dim,
+                                 contraction_groups=contraction_groups, embed_groups=embed_groups, attn_dim=attn_dim,
+                                 mlp_groups=mlp_groups, gram_layer=gram_layer)
+        super().__init__(backbone, head)
+
+
+def _register_all() -> None:
+    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000)
+    plain_cfg = {**cfg, "classifier": "head"}
+    for name, kw in CSWIN_ARCHS.items():
+        register(__name__, name, CSWinTransformer, plain_cfg, **kw)
+    archs = {**GA_CSWIN_ARCHS, **{alias: GA_CSWIN_ARCHS[target] for alias, target in SEED_ALIASES.items()}}
+    for name, kw in archs.items():
+        register(__name__, name, GACSWin, cfg, **kw)
+
+
+_register_all()

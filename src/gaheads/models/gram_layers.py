@@ -1,0 +1,113 @@
+"""Gram layers: one backbone block per GA branch, all K branches in one batched pass.
+
+A gram layer maps the contracted features of every branch, (B, K, d, H, W), to the same
+shape (SPEC 1.2 step 2). Each module here holds K independent blocks as stacked weights
+and runs them without a Python loop over branches: depthwise convs become one grouped
+conv over K*d channels, LayerNorms normalise over d with a (K, d) affine, linear layers
+are batched matmuls with (K, in, out) weights. Parameter counts equal K separate blocks.
+timm's blocks take one branch at a time, hence these batched versions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ..backbones.cswin import check_cswin_dims, cross_shaped_attention
+from ..heads.common import BranchLayerNorm, BranchLinear
+
+
+def branch_depthwise_conv(channels: int, num_branches: int, kernel_size: int, bias: bool = True) -> nn.Conv2d:
+    """K depthwise convs of ``channels`` channels as one conv over K*channels channels (groups = K*channels)."""
+    conv = nn.Conv2d(num_branches * channels, num_branches * channels, kernel_size, padding=kernel_size // 2,
+                     groups=num_branches * channels, bias=bias)
+    trunc_normal_(conv.weight, std=0.02)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class BranchMlp(nn.Module):
+    """K MLPs Linear(d -> r*d) -> GELU -> Linear(r*d -> d) on (B', K, d)."""
+
+    def __init__(self, dim: int, num_branches: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = BranchLinear(dim, hidden, num_branches)
+        self.fc2 = BranchLinear(hidden, dim, num_branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _maps_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, K, d, H, W) -> (B*H*W, K, d): the layout BranchLinear / BranchLayerNorm work on."""
+    b, k, d, h, w = x.shape
+    return x.permute(0, 3, 4, 1, 2).reshape(b * h * w, k, d)
+
+
+def _tokens_to_maps(t: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """(B*H*W, K, d) -> (B, K, d, H, W)."""
+    k, d = t.shape[1:]
+    return t.view(b, h, w, k, d).permute(0, 3, 4, 1, 2)
+
+
+class BranchConvNeXtBlock(nn.Module):
+    """K ConvNeXt blocks at width d: 7x7 depthwise conv (bias), LayerNorm (eps 1e-6), MLP 4x GELU, layer scale.
+
+    Input and output (B, K, d, H, W). Parameters per branch equal timm's ``ConvNeXtBlock(d)``.
+    """
+
+    def __init__(self, dim: int, num_branches: int, kernel_size: int = 7, mlp_ratio: float = 4.0,
+                 ls_init_value: float = 1e-6, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim, self.num_branches = dim, num_branches
+        self.conv_dw = branch_depthwise_conv(dim, num_branches, kernel_size)
+        self.norm = BranchLayerNorm(dim, num_branches, eps=norm_eps)
+        self.mlp = BranchMlp(dim, num_branches, mlp_ratio)
+        self.gamma = nn.Parameter(torch.full((num_branches, dim), ls_init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, d, h, w = x.shape
+        y = self.conv_dw(x.reshape(b, k * d, h, w)).view(b, k, d, h, w)
+        y = self.mlp(self.norm(_maps_to_tokens(y))) * self.gamma
+        return x + _tokens_to_maps(y, b, h, w)
+
+
+def layer_scale_names(model: nn.Module) -> set[str]:
+    """Names of the gram layers' (K, d) layer-scale parameters: exempt from weight decay like timm's 1-D ones."""
+    return {f"{name}.gamma" for name, m in model.named_modules() if isinstance(m, BranchConvNeXtBlock)}
+
+
+class BranchCSWinBlock(nn.Module):
+    """K CSWin blocks at width d: LN, cross-shaped window attention with LePE, LN, MLP 4x.
+
+    Input and output (B, K, d, H, W). The attention folds the K branches into the batch of
+    one attention call; each branch has its own qkv/proj weights (batched matmuls) and its own
+    LePE depthwise convs (one grouped conv over K*channels). ``stripe`` >= the map size gives
+    global attention (CSWin's last stage). Parameters per branch equal ``CSWinBlock(d, ...)``.
+    """
+
+    def __init__(self, dim: int, num_branches: int, num_heads: int, stripe: int = 7, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, global_attn: bool = False) -> None:
+        super().__init__()
+        k = num_branches
+        self.num_heads, self.stripe, self.global_attn = num_heads, stripe, global_attn
+        n_dirs = check_cswin_dims(dim, num_heads, global_attn)
+        self.norm1 = BranchLayerNorm(dim, k)
+        self.qkv = BranchLinear(dim, 3 * dim, k, bias=qkv_bias)
+        self.lepe = nn.ModuleList(branch_depthwise_conv(dim // n_dirs, k, 3) for _ in range(n_dirs))
+        self.proj = BranchLinear(dim, dim, k)
+        self.norm2 = BranchLayerNorm(dim, k)
+        self.mlp = BranchMlp(dim, k, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, d, h, w = x.shape
+        t = _maps_to_tokens(x)  # (BHW, K, d)
+        qkv = self.qkv(self.norm1(t)).view(b, h, w, k, 3 * d).permute(0, 3, 1, 2, 4)  # (B, K, H, W, 3d)
+        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, self.lepe, self.global_attn)
+        t = t + self.proj(att.permute(0, 2, 3, 1, 4).reshape(b * h * w, k, d))
+        t = t + self.mlp(self.norm2(t))
+        return _tokens_to_maps(t, b, h, w)

@@ -1,0 +1,75 @@
+"""The improved GA release's neck: multi-scale aggregation into a fifth stage (SPEC 2.2).
+
+The backbone's pyramid [stage0, stage1, stage2 intermediates…, stage2, stage3] is brought to
+stage 2's resolution (average pooling down, bilinear up) and concatenated along channels; a
+fifth stage turns the concatenation into the D-channel map X that the GA branches read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, SEModule, trunc_normal_
+from torch import nn
+
+
+def intermediate_blocks(depth: int, count: int) -> set[int]:
+    """Stage 2 emits its output after blocks n, 2n, …, a·n (1-based), n = depth // (a+1)."""
+    n = depth // (count + 1)
+    return {n * i for i in range(1, count + 1)}
+
+
+def init_conv_linear(m: nn.Module) -> None:
+    """Conv and Linear weights trunc-normal std 0.02, zero bias (the GA release's init); use with ``apply``."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Resize channels-first maps to ``size`` and concatenate: (B, ΣC_i, *size).
+
+    Larger maps are average-pooled (a 4x or 2x box filter at 224), smaller ones upsampled
+    bilinearly.
+    """
+    out = []
+    for f in features:
+        if tuple(f.shape[-2:]) == tuple(size):
+            out.append(f)
+        elif f.shape[-1] > size[-1]:
+            out.append(F.adaptive_avg_pool2d(f, size))
+        else:
+            out.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
+    return torch.cat(out, dim=1)
+
+
+class SEBottleneck(nn.Module):
+    """GA-ConvNeXt's fifth stage: one squeeze-excite bottleneck, (B, C_in, H, W) -> (B, D, H, W).
+
+    1x1 conv -> D/4, BN, ReLU; 3x3 conv, BN, ReLU; SE(D/4, rd_ratio 1/4); 1x1 conv -> D, BN;
+    plus a projection shortcut (1x1 conv with bias, BN); drop path on the residual branch;
+    ReLU. timm's ResNet ``Bottleneck`` puts its SE after the expanding conv (width D) and has
+    a bias-free shortcut, so it does not give these counts.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, se_ratio: float = 0.25, drop_path: float = 0.0) -> None:
+        super().__init__()
+        mid = out_chs // 4
+        self.conv1 = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.se = SEModule(mid, rd_ratio=se_ratio)  # = timm create_attn('se', mid, rd_ratio=se_ratio)
+        self.conv3 = nn.Conv2d(mid, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1), nn.BatchNorm2d(out_chs))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(self.se(y)))
+        return F.relu(self.drop_path(y) + self.shortcut(x))
