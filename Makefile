@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # Train a small SeqAttention CCT on the bundled 5,000-digit MNIST subset, on the CPU.
 demo: $(STAMP)
-	$(PY) -m gaheads.train --dataset mnist5k --model seqattn4_cct_2_3x2_32 --demo --output runs/demo
+	$(PY) -m gaheads.train -c configs/demo_mnist5k.yaml --output runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

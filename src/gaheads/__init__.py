@@ -4,12 +4,14 @@
 """
 
 from . import models
+from .attention_maps import explain
 from .checkpoint import load, save_weights
 from .heads import create_head
+from .inference import predict
 from .loss import LossParts, MultiHeadLoss, create_task_loss
 from .models import MultiHeadModel, create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = ["LossParts", "MultiHeadLoss", "MultiHeadModel", "create_head", "create_model", "create_task_loss",
-           "list_models", "load", "models", "save_weights", "__version__"]
+           "explain", "list_models", "load", "models", "predict", "save_weights", "__version__"]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .common import BranchLayerNorm, BranchLinear
+from .common import BranchLayerNorm, BranchLinear, token_linear
 
 
 class ClassAttentionBlock(nn.Module):
@@ -59,24 +59,28 @@ class ClassAttentionBlock(nn.Module):
         """
         b, n, c = x.shape
         k, h, e = q.shape[1], self.num_heads, self.attn_dim
-        # LN1 of the shared tokens: statistics are branch-independent; each branch's affine
-        # (x̂·w + b) is folded into its key/value weights, so one GEMM serves all K branches.
-        x_hat = F.layer_norm(x, (c,), eps=self.norm1.eps)
+        # LN1_k(u) = û·w_k + b_k, where û = LN(u) without affine is the same for every branch, so
+        # key/value_k = û·(w_k W_k) + b_k W_k. The key bias b_k W_k is shared by all 1+N keys and
+        # cancels in the softmax; the value bias comes out once (the weights sum to 1). What is
+        # left is one bias-free GEMM (B·N, C) x (C, K·2e) for every branch's keys and values, whose
+        # output keeps the GEMM's (B, N, K, ...) order.
         kv_w = self.norm1.weight[:, :, None] * self.kv  # (K, C, 2e)
-        kv_b = torch.einsum("kc,kcf->kf", self.norm1.bias, self.kv)  # (K, 2e)
-        kv_tok = torch.einsum("bnc,kcf->bknf", x_hat, kv_w) + kv_b[:, None]  # (B, K, N, 2e)
-        k_tok, v_tok = kv_tok.view(b, k, n, 2, h, e // h).unbind(3)  # (B, K, N, h, e/h)
+        v_bias = torch.einsum("kc,kce->ke", self.norm1.bias, self.kv[..., e:])  # (K, e)
+        x_hat = F.layer_norm(x, (c,), eps=self.norm1.eps)
+        kv_tok = token_linear(x_hat, kv_w.permute(0, 2, 1).reshape(k * 2 * e, c))  # (B, N, K·2e)
+        k_tok, v_tok = kv_tok.view(b, n, k, 2, h, e // h).unbind(3)  # (B, N, K, h, e/h)
 
-        q_n = self.norm1(q)  # the query token is the first row of u
-        query = torch.einsum("bkc,kce->bke", q_n, self.q).view(b, k, h, e // h) * self.scale
-        k_q, v_q = torch.einsum("bkc,kcf->bkf", q_n, self.kv).view(b, k, 2, h, e // h).unbind(2)
+        q_hat = F.layer_norm(q, (c,), eps=self.norm1.eps)  # the query token is the first row of u
+        query = torch.einsum("bkc,kce->bke", torch.addcmul(self.norm1.bias, q_hat, self.norm1.weight), self.q)
+        query = query.view(b, k, h, e // h) * self.scale
+        k_q, v_q = torch.einsum("bkc,kcf->bkf", q_hat, kv_w).view(b, k, 2, h, e // h).unbind(2)
 
-        # softmax over the 1+N keys of u = [q, X], without concatenating the (B, K, N, e) keys
+        # softmax over the 1+N keys of u = [q, X], without concatenating the (B, N, K, e) keys
         scores = torch.cat([(query * k_q).sum(-1, keepdim=True),
-                            torch.einsum("bkhd,bknhd->bkhn", query, k_tok)], dim=-1)
+                            torch.einsum("bkhd,bnkhd->bkhn", query, k_tok)], dim=-1)
         attn = scores.softmax(dim=-1)  # (B, K, h, 1+N)
-        out = attn[..., :1] * v_q + torch.einsum("bkhn,bknhd->bkhd", attn[..., 1:], v_tok)
-        return self.proj(out.reshape(b, k, e)), attn
+        out = attn[..., :1] * v_q + torch.einsum("bkhn,bnkhd->bkhd", attn[..., 1:], v_tok)
+        return self.proj(out.reshape(b, k, e) + v_bias), attn
 
     def mlp(self, q: torch.Tensor) -> torch.Tensor:
         """MLP_k(LN2_k(q_k)): grouped 1x1 conv C->4C, GELU, channel shuffle, grouped 4C->C."""
@@ -89,6 +93,6 @@ class ClassAttentionBlock(nn.Module):
     def forward(self, q: torch.Tensor, x: torch.Tensor, return_attn: bool = False):
         """q: (B, K, C) query tokens, x: (B, N, C) tokens -> updated queries (B, K, C)."""
         attn_out, attn = self.attention(q, x)
-        q = q + self.gamma1 * attn_out
-        q = q + self.gamma2 * self.mlp(q)
+        q = torch.addcmul(q, self.gamma1, attn_out)  # q + γ1·CA(LN1(u))
+        q = torch.addcmul(q, self.gamma2, self.mlp(q))  # q + γ2·MLP(LN2(q))
         return (q, attn) if return_attn else q

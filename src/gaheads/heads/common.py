@@ -4,6 +4,12 @@ Every head runs its K branches together: each per-branch layer below stores its 
 sets stacked along a leading branch axis and applies them in one batched matmul, so a
 forward pass has no Python loop over branches. The parameter count is exactly that of K
 separate layers.
+
+On CPU the large per-token products run as 1x1 convolutions over a channels-last view of the
+token matrix instead of as matmuls: torch sends float32 matmuls to MKL's sgemm and 1x1
+convolutions to oneDNN, and on the 2-core AMD EPYC we benchmark on oneDNN does these shapes in
+half the time (docs/benchmarks.md). Both compute the same sums; only the summation order
+differs. On other devices they stay matmuls.
 """
 
 from __future__ import annotations
@@ -33,6 +39,45 @@ def to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     raise ValueError(f"heads take a (B, C, H, W) feature map or (B, N, C) tokens, got shape {tuple(x.shape)}")
 
 
+# False sends CPU tensors down the matmul path that other devices take (the tests run both paths)
+CPU_CONVOLUTIONS = True
+
+
+def use_conv(x: torch.Tensor) -> bool:
+    """Whether the per-token products of ``x`` run as 1x1 convolutions (on CPU, see the module doc)."""
+    return CPU_CONVOLUTIONS and x.device.type == "cpu"
+
+
+def rows_as_image(x: torch.Tensor) -> torch.Tensor:
+    """View a row-major (M, C) matrix as a channels-last (s, C, M/s, 1) image, without a copy.
+
+    s = gcd(M, 16): torch hands a single-threaded 1x1 convolution with batch < 16 to its own
+    GEMM rather than oneDNN.
+    """
+    m, c = x.shape
+    s = math.gcd(m, 16)
+    return x.view(s, m // s, 1, c).permute(0, 3, 1, 2)
+
+
+def image_as_rows(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rows_as_image`: (s, C, M/s, 1) -> (M, C) (a view when y is channels-last)."""
+    s, c, m, _ = y.shape
+    return y.permute(0, 2, 3, 1).reshape(s * m, c)
+
+
+def token_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x Wᵀ for tokens x (B, N, I) and weight (O, I) -> (B, N, O), no bias.
+
+    On CPU a 1x1 convolution over the (B, I, N, 1) view of x (channels-last for contiguous
+    tokens, channels-first for the tokens of a channels-first map; no copy either way).
+    """
+    if not use_conv(x):
+        return torch.matmul(x, weight.t())
+    b, n, i = x.shape
+    y = F.conv2d(x.reshape(b, n, 1, i).permute(0, 3, 1, 2), weight[:, :, None, None])
+    return y.permute(0, 2, 3, 1).reshape(b, n, -1)
+
+
 class BranchLinear(nn.Module):
     """K independent Linear(in_features -> out_features) layers, optionally grouped.
 
@@ -40,6 +85,10 @@ class BranchLinear(nn.Module):
     grouped 1x1 conv: input group j feeds only output group j (in/g -> out/g weights).
     Weight shape (K, g, out/g, in/g); bias (K, out).
     """
+
+    # from this many rows on, CPU runs the K products as one grouped convolution (faster there
+    # for token-sized inputs; for a batch of query tokens the batched matmul is faster)
+    conv_min_rows = 1024
 
     def __init__(self, in_features: int, out_features: int, num_branches: int, groups: int = 1,
                  bias: bool = True) -> None:
@@ -54,9 +103,18 @@ class BranchLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k, _ = x.shape
-        y = torch.einsum("bkgi,kgoi->bkgo", x.reshape(b, k, self.groups, -1), self.weight)
-        y = y.reshape(b, k, self.out_features)
-        return y if self.bias is None else y + self.bias
+        if use_conv(x) and self.groups == 1 and b >= self.conv_min_rows:
+            # many rows (the B·H·W tokens of a gram layer): one conv with K groups, see the module doc
+            w = self.weight.reshape(k * self.out_features, self.in_features, 1, 1)
+            bias = None if self.bias is None else self.bias.reshape(-1)
+            y = F.conv2d(rows_as_image(x.reshape(b, -1)), w, bias, groups=k)
+            return image_as_rows(y).view(b, k, self.out_features)
+        # one batched matmul over the K·g (branch, group) pairs, on views: (K·g, B, in/g) x (K·g, in/g, out/g)
+        kg = k * self.groups
+        xs = x.reshape(b, kg, -1).transpose(0, 1)
+        w = self.weight.reshape(kg, -1, self.weight.shape[-1]).transpose(1, 2)
+        y = torch.bmm(xs, w) if self.bias is None else torch.baddbmm(self.bias.view(kg, 1, -1), xs, w)
+        return y.transpose(0, 1).reshape(b, k, self.out_features)
 
     def extra_repr(self) -> str:
         k = self.weight.shape[0]
@@ -73,7 +131,7 @@ class BranchLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_branches, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
 
 
 class BranchTokenProjection(nn.Module):
@@ -95,9 +153,18 @@ class BranchTokenProjection(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, _ = tokens.shape
-        k = self.weight.shape[0]
-        y = torch.einsum("bngi,kgoi->bkgon", tokens.reshape(b, n, self.groups, -1), self.weight)
-        return y.reshape(b, k, self.out_features, n) + self.bias[:, :, None]
+        k, g, o, i = self.weight.shape
+        if use_conv(tokens):
+            # one convolution with g groups whose output channels run (group, branch, out/g); the
+            # (B, C, N, 1) view is channels-first for a channels-first map, which then needs no copy
+            w = self.weight.transpose(0, 1).reshape(g * k * o, i, 1, 1)
+            bias = self.bias.view(k, g, o).transpose(0, 1).reshape(-1)
+            y = F.conv2d(tokens.reshape(b, n, 1, g * i).permute(0, 3, 1, 2), w, bias, groups=g)
+            return y.reshape(b, g, k, o, n).transpose(1, 2).reshape(b, k, g * o, n)
+        # group j of every branch reads the same input slice: (g, B·N, C/g) x (g, C/g, K·out/g)
+        y = torch.bmm(tokens.reshape(b * n, g, i).transpose(0, 1), self.weight.permute(1, 3, 0, 2).reshape(g, i, k * o))
+        y = y.view(g, b, n, k, o).permute(1, 3, 0, 4, 2).reshape(b, k, g * o, n)  # the one copy: to (B, K, d, N)
+        return y + self.bias[:, :, None]
 
 
 def gram_triangle_index(dim: int) -> torch.Tensor:
@@ -106,20 +173,41 @@ def gram_triangle_index(dim: int) -> torch.Tensor:
     return rows * dim + cols
 
 
+class _SymmetricGram(torch.autograd.Function):
+    """G = Z Zᵀ for a batch of (d, N) matrices; backward dZ = (dG + dGᵀ) Z in one matmul.
+
+    Autograd's matmul backward would compute dG Z and dGᵀ Z separately (two d·d·N products)
+    because it does not know both operands are the same tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return torch.matmul(z, z.transpose(-1, -2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return torch.matmul(grad + grad.transpose(-1, -2), z)
+
+
 def gram_vector(xc: torch.Tensor, height: int, tri_index: torch.Tensor) -> torch.Tensor:
     """Normalised gram vector of contracted features, SPEC 1.2 step 3.
 
-    xc: (B, K, d, N) contracted features of each branch; returns (B, K, d(d+1)/2) float32.
-    Z = X'/H, G = Z Zᵀ / N; the upper triangle (i <= j, row-major) L2-normalised per sample.
-    Always computed in float32, also under autocast: bf16/fp16 squares overflow or lose
-    the small entries. Pre-dividing by H keeps 1e4-scale activations far from fp32's range.
+    xc: (B, K, d, N) contracted features of each branch; returns (B, K, d(d+1)/2) in float32
+    (float64 for float64 input). Z = X'/H, G = Z Zᵀ / N; the upper triangle (i <= j, row-major)
+    L2-normalised per sample. Computed in at least float32, also under autocast: bf16/fp16
+    squares overflow or lose the small entries, while float32 holds |X'| up to ~1e17. The scale
+    1/(H²N) is applied to the d(d+1)/2 triangle rather than to the d×N map (fewer elements;
+    same values up to rounding).
     """
     n = xc.shape[-1]
     with torch.autocast(device_type=xc.device.type, enabled=False):
-        z = xc.float() / height
-        gram = torch.matmul(z, z.transpose(-1, -2)) / n  # (B, K, d, d)
-        vec = gram.flatten(-2).index_select(-1, tri_index)  # gather; no second d*d copy
-        return F.normalize(vec, dim=-1, eps=1e-12)
+        z = xc.to(torch.promote_types(xc.dtype, torch.float32))
+        # the custom backward only matters with grad; plain matmul (same values) keeps jit.trace/export working
+        gram = _SymmetricGram.apply(z) if z.requires_grad else torch.matmul(z, z.transpose(-1, -2))  # (B, K, d, d)
+        vec = gram.flatten(-2).index_select(-1, tri_index)  # gather the triangle; no second d*d copy
+        return F.normalize(vec * (1.0 / (height * height * n)), dim=-1, eps=1e-12)
 
 
 def branch_classifier(dim: int, num_classes: int, num_branches: int) -> nn.Module:

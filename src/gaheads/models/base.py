@@ -63,3 +63,9 @@ class MultiHeadModel(nn.Module):
     def forward(self, x: torch.Tensor, return_branches: bool = False) -> torch.Tensor:
         logits = self.forward_heads(x)
         return logits if return_branches else logits.mean(dim=1)
+
+    def predict(self, images, topk: int = 5, batch_size: int = 32) -> list:
+        """Top-k classes of image paths, folders, PIL images or tensors; see ``gaheads.inference.predict``."""
+        from ..inference import predict
+
+        return predict(self, images, topk=topk, batch_size=batch_size)

@@ -1,0 +1,259 @@
+"""Training and inference throughput of head models against their plain backbones (issue 5).
+
+    .venv/bin/python benchmarks/throughput.py                       # default pairs, CPU
+    .venv/bin/python benchmarks/throughput.py --models ga8_cct_7_3x1_32:cct_7_3x1_32 --repeats 7
+    .venv/bin/python benchmarks/throughput.py --device cuda --amp --channels-last \\
+        --models ga_convnext_tiny:convnext_tiny --json gpu.json
+
+Every model of a group (a baseline and the models compared with it) is built once; then the
+timed rounds run round-robin — baseline, model 1, model 2, baseline, ... — so that a load
+change on a shared machine hits all of them alike, and each model's figure is the median over
+rounds. A training step is forward + loss + backward + AdamW step (the multi-head loss with
+λ = -0.8 for multi-head models, cross-entropy for timm models); inference is a forward pass in
+eval mode under ``torch.inference_mode``. The MACs ratio uses ``gaheads.flops.count_macs``
+(batch 1). On CPU the process CPU time per step is recorded too: under load from other
+processes it moves far less than wall-clock time, so its ratio is a steadier second opinion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gaheads
+from gaheads.flops import count_macs
+from gaheads.heads import common as heads_common
+from gaheads.loss import MultiHeadLoss
+from gaheads.models.base import MultiHeadModel
+from gaheads.models.factory import UnknownModelError
+
+DEFAULT_PAIRS = ("ga_convnext_tiny:convnext_tiny", "ga_resnet50:resnet50", "ga_vit_small:vit_small_patch16_224",
+                 "seqattn8_cct_7_3x1_32:cct_7_3x1_32", "ga8_cct_7_3x1_32:cct_7_3x1_32")
+
+
+@dataclass
+class Timing:
+    """Per-round seconds per step (wall and process CPU) of one model in one mode."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def img_s(self, batch: int) -> float:
+        return batch / statistics.median(self.wall)
+
+    def cpu_s(self) -> float:
+        return statistics.median(self.cpu)
+
+
+@dataclass
+class Bench:
+    """One model ready to time: its train and inference step functions and results."""
+
+    name: str
+    model: nn.Module
+    input_size: tuple[int, int, int]
+    batch: int
+    macs: int
+    train_step: Callable[[], None]
+    infer_step: Callable[[], None]
+    train: Timing = field(default_factory=Timing)
+    infer: Timing = field(default_factory=Timing)
+
+
+def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for spec in specs:
+        model, sep, baseline = spec.partition(":")
+        if not sep or not model or not baseline:
+            raise SystemExit(f"throughput.py: --models takes MODEL:BASELINE pairs, got {spec!r}")
+        pairs.append((model, baseline))
+    return pairs
+
+
+def default_batch_size(device: str, input_size: tuple[int, int, int]) -> int:
+    """128 on GPU; on CPU 64 for small (CIFAR-sized) inputs and 16 at ImageNet sizes."""
+    if device != "cpu":
+        return 128
+    return 64 if input_size[-1] <= 64 else 16
+
+
+def make_bench(name: str, args: argparse.Namespace, device: torch.device) -> Bench:
+    model = gaheads.create_model(name)
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    macs = count_macs(model, input_size)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    batch = args.batch_size or default_batch_size(device.type, input_size)
+    x = torch.randn(batch, *input_size, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    num_classes = model.num_classes
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    multi_head = isinstance(model, MultiHeadModel)
+    loss_fn = MultiHeadLoss(nn.CrossEntropyLoss(), lam=-0.8) if multi_head else nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    run = torch.compile(model) if args.compile else model
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+
+    def train_step() -> None:
+        model.train()
+        with amp:
+            out = run(x, return_branches=True) if multi_head else run(x)
+            loss = loss_fn(out, y).loss if multi_head else F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer_step() -> None:
+        model.eval()
+        with torch.inference_mode(), amp:
+            run(x)
+
+    return Bench(name, model, input_size, batch, macs, train_step, infer_step)
+
+
+def timed(step: Callable[[], None], steps: int, device: torch.device, timing: Timing) -> None:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    sync()
+    timing.wall.append((time.perf_counter() - wall) / steps)
+    timing.cpu.append((time.process_time() - cpu) / steps)
+
+
+def run_group(benches: list[Bench], args: argparse.Namespace, device: torch.device) -> None:
+    """Warm up, then time training rounds and inference rounds round-robin over the group."""
+    for mode in ("train", "infer"):
+        for b in benches:
+            for _ in range(args.warmup):
+                getattr(b, f"{mode}_step")()
+        for r in range(args.repeats):
+            for b in benches:
+                timed(getattr(b, f"{mode}_step"), args.steps, device, getattr(b, mode))
+            line = "  ".join(f"{b.name} {b.batch / getattr(b, mode).wall[-1]:.1f}" for b in benches)
+            print(f"  {mode} round {r + 1}/{args.repeats}: {line} img/s", file=sys.stderr, flush=True)
+
+
+def pair_result(model: Bench, base: Bench, args: argparse.Namespace, device: torch.device) -> dict:
+    batch, base_batch = model.batch, base.batch
+    row = {
+        "model": model.name, "baseline": base.name, "device": device_name(device),
+        "batch_size": batch, "input_size": list(model.input_size),
+        "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+        "train_img_s": model.train.img_s(batch), "baseline_train_img_s": base.train.img_s(base_batch),
+        "infer_img_s": model.infer.img_s(batch), "baseline_infer_img_s": base.infer.img_s(base_batch),
+        "macs": model.macs, "baseline_macs": base.macs,
+    }
+    row["train_time_ratio"] = row["baseline_train_img_s"] / row["train_img_s"]
+    row["infer_time_ratio"] = row["baseline_infer_img_s"] / row["infer_img_s"]
+    row["macs_ratio"] = model.macs / base.macs
+    if device.type == "cpu":
+        row["train_cpu_time_ratio"] = model.train.cpu_s() / base.train.cpu_s()
+        row["infer_cpu_time_ratio"] = model.infer.cpu_s() / base.infer.cpu_s()
+    row.update(repeats=args.repeats, steps=args.steps, warmup=args.warmup, threads=torch.get_num_threads(),
+               matmul_heads=args.matmul_heads, torch=torch.__version__, timm=timm.__version__)
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| model | baseline | train img/s | baseline train img/s | train time ratio | infer img/s "
+            "| baseline infer img/s | infer time ratio | MACs ratio | train ratio - MACs ratio |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['baseline']} | {r['train_img_s']:.1f} | {r['baseline_train_img_s']:.1f} "
+                     f"| {r['train_time_ratio']:.3f} | {r['infer_img_s']:.1f} | {r['baseline_infer_img_s']:.1f} "
+                     f"| {r['infer_time_ratio']:.3f} | {r['macs_ratio']:.3f} "
+                     f"| {r['train_time_ratio'] - r['macs_ratio']:+.3f} |")
+    if rows and "train_cpu_time_ratio" in rows[0]:
+        lines += ["", "| model | train CPU-time ratio | infer CPU-time ratio | MACs ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['train_cpu_time_ratio']:.3f} | {r['infer_cpu_time_ratio']:.3f} "
+                  f"| {r['macs_ratio']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_PAIRS), metavar="MODEL:BASELINE",
+                   help="pairs to compare (default: %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: 128 on GPU; on CPU 64 at 32x32 inputs, 16 at 224x224")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per model and mode (default 2, GPU 10)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds; the median counts (default 5, GPU 10)")
+    p.add_argument("--steps", type=int, default=None, help="steps per timed round (default 1, GPU 10)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--matmul-heads", action="store_true",
+                   help="run the heads' per-token products as matmuls on CPU too (default there: 1x1 convolutions)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as a JSON list")
+    args = p.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    args.repeats = args.repeats if args.repeats is not None else (10 if gpu else 5)
+    args.steps = args.steps if args.steps is not None else (10 if gpu else 1)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.matmul_heads:
+        heads_common.CPU_CONVOLUTIONS = False
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("throughput.py: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    groups: dict[str, list[str]] = {}  # baseline -> models compared with it
+    for model, baseline in parse_pairs(args.models):
+        groups.setdefault(baseline, []).append(model)
+    rows = []
+    for baseline, models in groups.items():
+        names = [baseline] + [m for m in models if m != baseline]
+        benches: dict[str, Bench] = {}
+        for name in names:
+            try:
+                benches[name] = make_bench(name, args, device)
+            except UnknownModelError:
+                print(f"skip {name}: not registered (yet)", file=sys.stderr)
+        if baseline not in benches or len(benches) < 2:
+            print(f"skip group {baseline}: nothing to compare", file=sys.stderr)
+            continue
+        print(f"timing {', '.join(benches)} on {device_name(device)}", file=sys.stderr, flush=True)
+        run_group(list(benches.values()), args, device)
+        rows += [pair_result(benches[m], benches[baseline], args, device) for m in names[1:] if m in benches]
+        del benches
+    if not rows:
+        print("throughput.py: no pair could be timed", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

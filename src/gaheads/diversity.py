@@ -1,0 +1,131 @@
+"""How different the K branches are over a dataset: the measurement behind the decorrelation loss.
+
+Two K x K matrices, accumulated batch by batch (sums in float64, so ranks or batches can be
+added up and the result does not depend on the batch size):
+
+- **pairwise agreement** A[i, j]: the percentage of samples on which branch i and branch j
+  predict the same class (argmax of their logits). A[i, i] = 100.
+- **probability correlation** R[i, j]: the Pearson correlation between branch i's and
+  branch j's softmax probabilities, taken over every (sample, class) pair of the set:
+  with p_k(x, c) = softmax(logits_k(x))_c and all N samples x and n classes c as N·n
+  paired observations, R[i, j] = cov(p_i, p_j) / (std(p_i) · std(p_j)). R[i, i] = 1.
+  Two branches that put the same probability on the same classes of every sample give 1;
+  the lower R, the more the branches spread their probability mass differently.
+
+``mean_offdiag`` of either matrix (the mean over i != j) is the one-number summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def mean_offdiag(m: torch.Tensor) -> float:
+    """Mean of the off-diagonal entries of a square matrix (nan for 1 x 1)."""
+    k = m.shape[0]
+    if k < 2:
+        return float("nan")
+    mask = ~torch.eye(k, dtype=torch.bool, device=m.device)
+    return float(m[mask].mean())
+
+
+class BranchDiversity:
+    """Accumulates pairwise agreement and probability correlation of K branches; see the module doc.
+
+    ``update(logits (B, K, n))``; ``all_reduce()`` sums over DDP ranks; ``compute()`` returns
+    ``agreement`` and ``correlation`` as K x K nested lists, their off-diagonal means
+    ``mean_agreement`` and ``mean_correlation``, and ``samples``.
+    """
+
+    def __init__(self, num_branches: int, device: torch.device | str = "cpu") -> None:
+        k = self.k = num_branches
+        f64 = dict(dtype=torch.float64, device=device)
+        self.same = torch.zeros(k, k, **f64)  # samples on which branch i and j agree
+        self.p_sum = torch.zeros(k, **f64)  # Σ p_k over (sample, class) pairs
+        self.p_outer = torch.zeros(k, k, **f64)  # Σ p_i p_j over (sample, class) pairs
+        self.counts = torch.zeros(2, **f64)  # samples, (sample, class) pairs
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor) -> None:
+        if logits.ndim != 3 or logits.shape[1] != self.k:
+            raise ValueError(f"expected branch logits (B, {self.k}, n), got shape {tuple(logits.shape)}")
+        b, k, n = logits.shape
+        pred = logits.argmax(dim=-1)  # (B, K)
+        self.same += (pred[:, :, None] == pred[:, None, :]).sum(0).double()
+        p = logits.double().softmax(dim=-1).permute(1, 0, 2).reshape(k, b * n)  # (K, B·n)
+        self.p_sum += p.sum(dim=1)
+        self.p_outer += p @ p.T
+        self.counts += torch.tensor([b, b * n], dtype=torch.float64, device=self.counts.device)
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.same, self.p_sum, self.p_outer, self.counts):
+                dist.all_reduce(t)
+
+    @property
+    def samples(self) -> int:
+        return int(self.counts[0].item())
+
+    def agreement(self) -> torch.Tensor:
+        """K x K percentage of samples where branches i and j have the same top-1 class."""
+        return self.same / self.counts[0].clamp(min=1) * 100
+
+    def correlation(self) -> torch.Tensor:
+        """K x K Pearson correlation of branch probabilities over all (sample, class) pairs."""
+        m = self.counts[1].clamp(min=1)
+        mean = self.p_sum / m
+        cov = self.p_outer / m - mean[:, None] * mean[None, :]
+        std = cov.diagonal().clamp(min=0).sqrt()
+        return cov / (std[:, None] * std[None, :]).clamp(min=1e-30)
+
+    def compute(self) -> dict[str, Any]:
+        agree, corr = self.agreement(), self.correlation()
+        return {"agreement": agree.tolist(), "correlation": corr.tolist(), "mean_agreement": mean_offdiag(agree),
+                "mean_correlation": mean_offdiag(corr), "samples": self.samples}
+
+
+def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
+    """Heatmaps of agreement and correlation, and per-branch vs ensemble top-1, as one PNG.
+
+    ``report`` holds ``agreement``, ``correlation`` (K x K), ``branch_top1`` (K) and ``top1``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agree = torch.tensor(report["agreement"])
+    corr = torch.tensor(report["correlation"])
+    k = agree.shape[0]
+    labels = [f"b{i}" for i in range(k)]
+    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    panels = ((axes[0], agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f", (0, 100)),
+              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.3f})", "%.3f",
+               (min(0.0, float(corr.min())), 1)))
+    for ax, mat, name, fmt, (lo, hi) in panels:
+        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=lo, vmax=hi)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(k), labels)
+        ax.set_yticks(range(k), labels)
+        if k <= 8:
+            for i in range(k):
+                for j in range(k):
+                    v = float(mat[i, j])
+                    ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7,
+                            color="black" if v > lo + 0.6 * (hi - lo) else "white")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax = axes[2]
+    ax.bar(labels, report["branch_top1"], color="tab:blue", label="branch")
+    ax.axhline(report["top1"], color="tab:red", linestyle="--", label=f"ensemble {report['top1']:.2f}")
+    low = min(min(report["branch_top1"]), report["top1"])
+    ax.set_ylim(max(0.0, low - max(2.0, 0.2 * (100 - low))), 100)
+    ax.set_title("top-1 %: each branch vs ensemble", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

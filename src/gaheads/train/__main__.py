@@ -1,0 +1,7 @@
+"""``python -m gaheads.train``: the same as ``gaheads train``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

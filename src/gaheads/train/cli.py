@@ -1,0 +1,58 @@
+"""``gaheads train`` / ``python -m gaheads.train`` / ``train.py``: parse flags, train, map failures to exit statuses.
+
+Exit status: 0 done; 2 bad input (one line ``gaheads train: ...`` on stderr); 3 stopped on a
+non-finite loss; 128 + signal number (143 SIGTERM, 130 SIGINT) after writing a resumable
+checkpoint on a signal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PROG = "gaheads train"
+
+
+def _say(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank fails the same way; say it once
+        print(f"{PROG}: {' '.join(msg.split())}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
+    from ..models.factory import UnknownModelError
+    from .config import ConfigError, parse_args
+    from .faults import NonFiniteLossError, TrainingInterrupted
+    from .state import CheckpointWriteError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as e:
+        _say(str(e))
+        return 2
+    except SystemExit as e:  # -h/--help
+        return int(e.code or 0)
+
+    from .engine import train
+
+    try:
+        train(args)
+    except TrainingInterrupted as e:
+        _say(str(e))
+        return e.exit_code
+    except NonFiniteLossError as e:
+        _say(str(e))
+        return NonFiniteLossError.exit_code
+    except (ConfigError, DataError, UnknownModelError, CheckpointError, CheckpointWriteError) as e:
+        _say(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted (no checkpoint written for the current step)")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

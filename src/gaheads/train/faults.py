@@ -1,0 +1,104 @@
+"""How training stops on its own terms: signals, non-finite losses, and the errors that carry the exit status.
+
+- SIGTERM / SIGINT are recorded by ``StopRequest``; the loop acts at the next optimizer-step
+  boundary (all DDP ranks agree on the step), writes a resumable ``last.pth`` and raises
+  ``TrainingInterrupted`` (exit status 128 + signal number). A second signal stops at once.
+- A non-finite loss raises ``NonFiniteLossError`` (exit status 3) once more than
+  ``--skip-nonfinite`` optimizer steps have had one.
+
+Test hook: ``GAHEADS_TEST_NAN_STEPS="3,5"`` makes the loss non-finite at those optimizer steps
+(1-based global step numbers, counted across resumes), so the non-finite path can be tested
+deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+NAN_STEPS_ENV = "GAHEADS_TEST_NAN_STEPS"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN/inf more often than --skip-nonfinite allows; exit status 3."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Stopped by a signal after writing a resumable checkpoint; exit status 128 + signum.
+
+    A KeyboardInterrupt, so ``except Exception`` around a run (multi-train) does not swallow it.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopRequest:
+    """Remembers the first SIGTERM/SIGINT so the loop can stop cleanly; a second one aborts at once.
+
+    ``install()`` only works in the main thread (Python's rule for signal handlers); elsewhere
+    the handlers stay as they were and signals behave as usual. DataLoader workers forked after
+    ``install()`` inherit the handler; there it does nothing, so a SIGINT/SIGTERM sent to the
+    whole process group (Ctrl-C, a batch scheduler) does not kill the workers mid-epoch.
+    """
+
+    def __init__(self, announce: bool = True) -> None:
+        self.signum = 0
+        self.announce = announce
+        self.pid = os.getpid()
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a forked data-loader worker: the trainer process decides
+            return
+        if self.signum:
+            self.restore()
+            raise KeyboardInterrupt(f"second {signal_name(signum)}: stopped without saving")
+        self.signum = signum
+        if self.announce:
+            print(f"gaheads train: got {signal_name(signum)}; writing a resumable checkpoint at the next step "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def nan_test_steps() -> frozenset[int]:
+    """Optimizer steps (1-based) whose loss the test hook makes non-finite."""
+    text = os.environ.get(NAN_STEPS_ENV, "").strip()
+    if not text:
+        return frozenset()
+    try:
+        return frozenset(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError as e:
+        raise ValueError(f"{NAN_STEPS_ENV} must be comma-separated step numbers, got {text!r}") from e
+
+
+def describe_indices(indices: list[int], limit: int = 16) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    return f"[{shown}{f', ... (+{len(indices) - limit} more)' if len(indices) > limit else ''}]"
