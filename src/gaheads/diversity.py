@@ -102,20 +102,27 @@ def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
     k = agree.shape[0]
     labels = [f"b{i}" for i in range(k)]
     fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
-    panels = ((axes[0], agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f", (0, 100)),
-              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.3f})", "%.3f",
-               (min(0.0, float(corr.min())), 1)))
-    for ax, mat, name, fmt, (lo, hi) in panels:
-        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=lo, vmax=hi)
+    panels = ((axes[0], agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f"),
+              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.3f})", "%.3f"))
+    off = ~torch.eye(k, dtype=torch.bool)
+    for ax, mat, name, fmt in panels:
+        # colours span the off-diagonal values only (the diagonal is trivially 100 % / 1 and left
+        # blank), so small differences between pairs stay visible
+        shown = mat.clone().masked_fill(~off, float("nan"))
+        lo, hi = (float(mat[off].min()), float(mat[off].max())) if k > 1 else (0.0, 1.0)
+        if hi - lo < 1e-9:
+            lo, hi = lo - 0.5, hi + 0.5
+        im = ax.imshow(shown.numpy(), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(k), labels)
         ax.set_yticks(range(k), labels)
         if k <= 8:
             for i in range(k):
                 for j in range(k):
-                    v = float(mat[i, j])
-                    ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7,
-                            color="black" if v > lo + 0.6 * (hi - lo) else "white")
+                    if i != j:
+                        v = float(mat[i, j])
+                        ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7,
+                                color="black" if v > lo + 0.6 * (hi - lo) else "white")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax = axes[2]
     ax.bar(labels, report["branch_top1"], color="tab:blue", label="branch")
@@ -123,7 +130,7 @@ def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
     low = min(min(report["branch_top1"]), report["top1"])
     ax.set_ylim(max(0.0, low - max(2.0, 0.2 * (100 - low))), 100)
     ax.set_title("top-1 %: each branch vs ensemble", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -154,17 +154,22 @@ class BranchTokenProjection(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, _ = tokens.shape
         k, g, o, i = self.weight.shape
-        if use_conv(tokens):
-            # one convolution with g groups whose output channels run (group, branch, out/g); the
-            # (B, C, N, 1) view is channels-first for a channels-first map, which then needs no copy
+        if use_conv(tokens) and (g == 1 or tokens.stride(-1) != 1):
+            # one convolution with g groups over the (B, C, N, 1) view of the tokens, output channels
+            # running (group, branch, out/g); for the tokens of a channels-first map that view is
+            # channels-first and so is the output: with g = 1 it already is (B, K, d, N)
             w = self.weight.transpose(0, 1).reshape(g * k * o, i, 1, 1)
             bias = self.bias.view(k, g, o).transpose(0, 1).reshape(-1)
             y = F.conv2d(tokens.reshape(b, n, 1, g * i).permute(0, 3, 1, 2), w, bias, groups=g)
             return y.reshape(b, g, k, o, n).transpose(1, 2).reshape(b, k, g * o, n)
-        # group j of every branch reads the same input slice: (g, B·N, C/g) x (g, C/g, K·out/g)
-        y = torch.bmm(tokens.reshape(b * n, g, i).transpose(0, 1), self.weight.permute(1, 3, 0, 2).reshape(g, i, k * o))
-        y = y.view(g, b, n, k, o).permute(1, 3, 0, 4, 2).reshape(b, k, g * o, n)  # the one copy: to (B, K, d, N)
-        return y + self.bias[:, :, None]
+        # group j of every branch reads the same input slice: (g, K·out/g, C/g) x (g, C/g, B·N); the
+        # output's rows run (group, branch, out/g) and its columns (b, n), so reaching (B, K, d, N)
+        # moves whole rows of N values (for grouped contractions of contiguous tokens this beats the
+        # convolution on CPU, whose channels-last output would be reordered in out/g-sized pieces)
+        w = self.weight.transpose(0, 1).reshape(g, k * o, i)
+        bias = self.bias.view(k, g, o).transpose(0, 1).reshape(g, k * o, 1)
+        y = torch.baddbmm(bias, w, tokens.reshape(b * n, g, i).permute(1, 2, 0))
+        return y.view(g, k, o, b, n).permute(3, 1, 0, 2, 4).reshape(b, k, g * o, n)
 
 
 def gram_triangle_index(dim: int) -> torch.Tensor:
