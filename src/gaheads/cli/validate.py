@@ -135,7 +135,8 @@ def main(argv: list[str]) -> int:
     else:
         print(format_report(report))
         if report.get("skipped"):
-            print(f"skipped {len(report['skipped'])} unreadable images")
+            print(f"skipped {len(report['skipped'])} unreadable images "
+                  "(the data loader put the next readable image in their place)")
     for f in files:
         print(f"wrote {f}", file=sys.stderr if args.json else sys.stdout)
     return 0
