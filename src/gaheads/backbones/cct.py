@@ -13,6 +13,17 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 
+def init_transformer_weights(m: nn.Module) -> None:
+    """Linear: trunc-normal std 0.02, zero bias; LayerNorm: weight 1, bias 0 (use with ``module.apply``)."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class ConvTokenizer(nn.Module):
     """n x [conv kxk stride 1 (no bias) -> ReLU -> MaxPool 3x3 stride 2 pad 1]; (B,3,H,W) -> (B,N,C)."""
 
@@ -66,14 +77,8 @@ class CCT(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        init_transformer_weights(m)
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight)
 
     def no_weight_decay(self) -> set[str]:

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from torch import nn
+
+from .cct import init_transformer_weights
 
 
 def check_cswin_dims(dim: int, num_heads: int, global_attn: bool) -> int:
@@ -189,17 +191,7 @@ class CSWin(nn.Module):
         self.intermediates = {every * i for i in range(1, num_intermediates + 1)}  # blocks n, 2n, …, a·n
         self.pyramid_dims = self.dims[:2] + [self.dims[2]] * (num_intermediates + 1) + self.dims[3:]
         self.num_features = self.dims[-1]
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image (B, 3, H, W) -> channels-first maps [stage0, stage1, stage2 intermediates…, stage2, stage3]."""

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
+from .arrays import ArrayImageDataset
 from .errors import DataError
 
 FOLDER = "cifar-100-python"
@@ -84,7 +83,7 @@ def read_cifar100(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, lis
     return images, labels.astype(np.int64), names
 
 
-class Cifar100(Dataset):
+class Cifar100(ArrayImageDataset):
     """CIFAR-100 held in memory; split 'train' reads ``train``, 'val' reads ``test``.
 
     Items: ``(transform(img) or 32x32 RGB PIL image, fine label)``.
@@ -95,12 +94,3 @@ class Cifar100(Dataset):
         self.images, labels, self.classes = read_cifar100(self.folder, split)
         self.targets = labels.tolist()
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]

