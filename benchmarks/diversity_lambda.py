@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                      "all_agree": r["agreement"], "top1": r["top1"], "branch_top1": r["branch_top1"]})
     lines = ["| --GA_lam | mean branch prob. correlation | mean pairwise top-1 agreement % | all-branch agreement % "
              "| ensemble top-1 | branch top-1 |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['GA_lam']:g} | {r['mean_correlation']:.4f} | {r['mean_agreement']:.2f} | {r['all_agree']:.2f} "
+    lines += [f"| {r['GA_lam']:g} | {r['mean_correlation']:.5f} | {r['mean_agreement']:.2f} | {r['all_agree']:.2f} "
               f"| {r['top1']:.2f} | {', '.join(f'{v:.1f}' for v in r['branch_top1'])} |" for r in rows]
     table = "\n".join(lines)
     (root / "results.md").write_text(table + "\n")

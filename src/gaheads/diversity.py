@@ -103,7 +103,8 @@ def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
     labels = [f"b{i}" for i in range(k)]
     fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
     panels = ((axes[0], agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f"),
-              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.3f})", "%.3f"))
+              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.4f})",
+               "%.4f" if float(corr.min()) > 0.99 else "%.3f"))  # near 1, 3 decimals would all read 0.999
     off = ~torch.eye(k, dtype=torch.bool)
     for ax, mat, name, fmt in panels:
         # colours span the off-diagonal values only (the diagonal is trivially 100 % / 1 and left
