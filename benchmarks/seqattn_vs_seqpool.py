@@ -1,6 +1,6 @@
 """SeqAttention (4 branches) vs CCT's SeqPool head on mnist5k: same backbone, same epochs, 3 seeds.
 
-    .venv/bin/python benchmarks/seqattn_vs_seqpool.py --epochs 12
+    .venv/bin/python benchmarks/seqattn_vs_seqpool.py --epochs 15
 
 Runs ``gaheads multi-train mnist5k -m SEQATTN SEQPOOL --seeds ...`` (so each run is an ordinary
 training run with its own folder, and results.{md,csv,json} list every run), then prints the
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--seqattn", default="seqattn4_cct_2_3x2_32")
     p.add_argument("--seqpool", default="cct_2_3x2_32")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of every run (12: the mnist5k setup's, make demo's)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of every run (the mnist5k setup's and make demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--output", default="runs/seqattn_vs_seqpool")
     opts, extra = p.parse_known_args(argv)

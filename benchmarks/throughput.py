@@ -8,11 +8,13 @@
 Every model of a group (a baseline and the models compared with it) is built once; then the
 timed rounds run round-robin — baseline, model 1, model 2, baseline, ... — so that a load
 change on a shared machine hits all of them alike, and each model's figure is the median over
-rounds. A training step is forward + loss + backward + AdamW step (the multi-head loss with
+rounds. A training step is forward + loss + backward + (fused) AdamW step (the multi-head loss with
 λ = -0.8 for multi-head models, cross-entropy for timm models); inference is a forward pass in
 eval mode under ``torch.inference_mode``. The MACs ratio uses ``gaheads.flops.count_macs``
 (batch 1). On CPU the process CPU time per step is recorded too: under load from other
 processes it moves far less than wall-clock time, so its ratio is a steadier second opinion.
+On CPU the process first sets glibc's malloc to reuse freed memory, as ``gaheads train`` does
+(``gaheads.cpu_memory``); ``--system-malloc`` times with the C library's defaults instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gaheads
+from gaheads.cpu_memory import keep_freed_memory
 from gaheads.flops import count_macs
 from gaheads.heads import common as heads_common
 from gaheads.loss import MultiHeadLoss
@@ -102,7 +105,9 @@ def make_bench(name: str, args: argparse.Namespace, device: torch.device) -> Ben
     y = torch.randint(0, num_classes, (batch,), device=device)
     multi_head = isinstance(model, MultiHeadModel)
     loss_fn = MultiHeadLoss(nn.CrossEntropyLoss(), lam=-0.8) if multi_head else nn.CrossEntropyLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    # torch's fused AdamW (one kernel per step on CPU and CUDA): the same update as the default
+    # per-tensor loop, whose cost grows with the number of parameter tensors rather than the MACs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
     run = torch.compile(model) if args.compile else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
@@ -164,7 +169,7 @@ def pair_result(model: Bench, base: Bench, args: argparse.Namespace, device: tor
         row["train_cpu_time_ratio"] = model.train.cpu_s() / base.train.cpu_s()
         row["infer_cpu_time_ratio"] = model.infer.cpu_s() / base.infer.cpu_s()
     row.update(repeats=args.repeats, steps=args.steps, warmup=args.warmup, threads=torch.get_num_threads(),
-               matmul_heads=args.matmul_heads, torch=torch.__version__, timm=timm.__version__)
+               matmul_heads=args.matmul_heads, malloc=args.malloc, torch=torch.__version__, timm=timm.__version__)
     return row
 
 
@@ -206,6 +211,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--matmul-heads", action="store_true",
                    help="run the heads' per-token products as matmuls on CPU too (default there: 1x1 convolutions)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="keep glibc's malloc defaults on CPU (default: reuse freed memory, as gaheads train does; "
+                        "see gaheads/cpu_memory.py)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as a JSON list")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
@@ -225,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("throughput.py: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    args.malloc = "system"
+    if device.type == "cpu" and not args.system_malloc and keep_freed_memory():
+        args.malloc = "reuse freed memory"
     torch.manual_seed(0)
     groups: dict[str, list[str]] = {}  # baseline -> models compared with it
     for model, baseline in parse_pairs(args.models):
@@ -241,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if baseline not in benches or len(benches) < 2:
             print(f"skip group {baseline}: nothing to compare", file=sys.stderr)
             continue
-        print(f"timing {', '.join(benches)} on {device_name(device)}", file=sys.stderr, flush=True)
+        print(f"timing {', '.join(benches)} on {device_name(device)}, malloc: {args.malloc}",
+              file=sys.stderr, flush=True)
         run_group(list(benches.values()), args, device)
         rows += [pair_result(benches[m], benches[baseline], args, device) for m in names[1:] if m in benches]
         del benches

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.models.convnext import ConvNeXtBlock
+from timm.models.resnet import Bottleneck
 from torch import nn
 
 from gaheads.heads import AttentionOnlyHead, GramAttentionHead, SeqAttentionHead, SeqPoolHead, SimpleGramHead
@@ -210,15 +211,31 @@ def _convnext_block_ties(ref: ConvNeXtBlock, prefix: str, k: int, d: int) -> lis
     ]
 
 
+def _bottleneck_ties(ref: Bottleneck, prefix: str, k: int) -> list[Tie]:
+    """Branch k's rows of the grouped convs (groups = K) and its channels of the K-wide BNs."""
+    ties = []
+    for i in (1, 2, 3):
+        conv = getattr(ref, f"conv{i}")
+        rows = conv.out_channels
+        ties.append(Tie(conv, "weight", f"{prefix}conv{i}.weight", lambda t, r=rows: t[k * r:(k + 1) * r]))
+        ties += _bn_ties(getattr(ref, f"bn{i}"), f"{prefix}bn{i}", k)
+    return ties
+
+
 def _reference_gram_layer(layer: nn.Module | None, k: int, prefix: str) -> tuple[nn.Module | None, list[Tie]]:
     if layer is None:
         return None, []
-    from gaheads.models.gram_layers import BranchConvNeXtBlock
+    from gaheads.models.gram_layers import BranchBottleneck, BranchConvNeXtBlock
 
-    if not isinstance(layer, BranchConvNeXtBlock):
-        raise TypeError(f"no reference for gram layer {type(layer).__name__}")
-    ref = ConvNeXtBlock(layer.dim, ls_init_value=1.0)
-    return ref, _convnext_block_ties(ref, prefix, k, layer.dim)
+    if isinstance(layer, BranchConvNeXtBlock):
+        ref = ConvNeXtBlock(layer.dim, ls_init_value=1.0)
+        return ref, _convnext_block_ties(ref, prefix, k, layer.dim)
+    if isinstance(layer, BranchBottleneck):
+        mid = layer.conv1.out_channels // layer.num_branches
+        ref = Bottleneck(layer.dim, layer.dim // 4, base_width=64 * mid * 4 // layer.dim)  # width = mid
+        assert ref.conv1.out_channels == mid and ref.conv3.out_channels == layer.dim
+        return ref, _bottleneck_ties(ref, prefix, k)
+    raise TypeError(f"no reference for gram layer {type(layer).__name__}")
 
 
 def _reference_branch(head: nn.Module, k: int) -> tuple[RefBranch, list[Tie]]:

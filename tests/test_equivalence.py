@@ -105,3 +105,18 @@ def test_ga_head_with_convnext_gram_layer_equals_timm_blocks(train, dtype, conv_
     randomize(head)
     head.train(train)
     assert_equivalent(head, torch.randn(3, DIM, 7, 7, dtype=dtype))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mid", [16, 8])
+def test_ga_head_with_bottleneck_gram_layer_equals_timm_blocks(train, dtype, mid):
+    """GA with the batched ResNet gram layer (GA-ResNet's) equals K branches each with its own timm
+    ``Bottleneck(d, d // 4, base_width)`` of width ``mid``."""
+    from gaheads.models.gram_layers import BranchBottleneck
+
+    k, d = 3, 16
+    head = create_head("ga", DIM, CLASSES, k, **head_kwargs("ga"), gram_layer=BranchBottleneck(d, k, mid))
+    randomize(head)
+    head.train(train)
+    assert_equivalent(head, torch.randn(3, DIM, 7, 7, dtype=dtype))

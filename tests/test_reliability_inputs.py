@@ -102,13 +102,17 @@ def test_unreadable_image_is_fatal_with_strict_data(damage, folder, tmp_path, ca
     assert error_line(capsys).startswith(f"gaheads train: unreadable image {bad} (")
 
 
-def test_unreadable_image_is_skipped_without_strict_data(folder, tmp_path):
+def test_unreadable_image_is_skipped_and_counted_without_strict_data(folder, tmp_path, capsys):
     bad = folder / "train" / "dog" / "1.png"
     bad.write_bytes(b"")
     with pytest.warns(BadImageWarning, match=f"skipping unreadable image {bad} .*using the next readable sample"):
         assert main([str(folder), *fast(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["steps"] == 3  # 6 images, batch 2: nothing lost but the one file
+    assert summary["skipped_images"] == 1 and summary["skipped_files"] == [str(bad)]
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        assert [r["skipped_images"] for r in csv.DictReader(f)] == ["1"]
+    assert "; 1 unreadable image(s) skipped so far" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- model, config, flags

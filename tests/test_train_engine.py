@@ -94,12 +94,13 @@ def test_outputs(straight):
     assert list(rows[0]) == [
         "epoch", "loss", "task_loss", "decor_loss", "top1", "top5", "branch_top1_0", "branch_top1_1", "branch_top5_0",
         "branch_top5_1", "agreement", "model_top1", "model_top5", "eval_samples", "lr", "epoch_seconds",
-        "eval_seconds", "img_per_sec", "skipped_steps"]
+        "eval_seconds", "img_per_sec", "skipped_steps", "skipped_images"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     for key in ("model", "dataset", "epochs", "final_top1", "final_top5", "best_top1", "best_epoch", "train_seconds"):
         assert key in on_disk
     assert on_disk["epochs"] == 2 and on_disk["steps"] == 6 and len(on_disk["branch_top1"]) == 2
+    assert on_disk["skipped_images"] == 0 and on_disk["skipped_files"] == []
     assert on_disk["final_top1"] == float(rows[1]["top1"]) and on_disk["weights"] == "ema"
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(read_csv(out / "steps.csv")) == 6

@@ -43,6 +43,9 @@ def test_validate_imagefolder_per_branch_and_diversity(tmp_path, capsys):
     corr, agree = np.array(report["correlation"]), np.array(report["agreement_matrix"])
     assert corr.shape == (4, 4) and np.allclose(corr, corr.T) and np.allclose(np.diag(corr), 1)
     assert np.allclose(np.diag(agree), 100)
+    log_corr = np.array(report["logprob_correlation"])
+    assert log_corr.shape == (4, 4) and np.allclose(np.diag(log_corr), 1)
+    assert abs(report["mean_logprob_correlation"] - log_corr[~np.eye(4, dtype=bool)].mean()) < 1e-12
     assert (tmp_path / "div" / "diversity.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "div" / "diversity.json").read_text())["correlation"] == report["correlation"]
 
@@ -56,6 +59,8 @@ def test_branch_diversity_matches_numpy_and_ignores_batching():
         parts.update(chunk)
     p = logits.double().softmax(-1).permute(1, 0, 2).reshape(3, -1).numpy()
     assert np.allclose(whole.correlation().numpy(), np.corrcoef(p), atol=1e-10)
+    assert np.allclose(whole.correlation(log=True).numpy(), np.corrcoef(np.log(p)), atol=1e-10)
+    assert np.allclose(parts.correlation(log=True).numpy(), whole.correlation(log=True).numpy(), atol=1e-10)
     assert np.allclose(parts.correlation().numpy(), whole.correlation().numpy(), atol=1e-10)
     pred = logits.argmax(-1)
     assert abs(float(whole.agreement()[0, 1]) - float((pred[:, 0] == pred[:, 1]).double().mean() * 100)) < 1e-9

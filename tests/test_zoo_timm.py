@@ -37,6 +37,7 @@ def test_ga_resnet50_aggregates_all_four_stages():
     with torch.device("meta"):
         model = timm.create_model("ga_resnet50")
     assert model.backbone.fifth.conv1.in_channels == 256 + 512 + 1024 + 2048  # a = 0
+    assert model.backbone.fifth.shortcut[0].bias is None  # the BN after it would cancel it
     assert model.head.query.gram_dim == 192 and model.head.block.attn_dim == 192 and model.num_features == 512
 
 
@@ -131,3 +132,29 @@ def test_backbone_checkpoint_reports_missing_and_unexpected_keys(tmp_path):
 def test_bad_patterns_raise_one_line_errors(name, message):
     with pytest.raises(UnknownModelError, match=message):
         gaheads.create_model(name)
+
+
+@pytest.mark.parametrize("shortcut_bias", [True, False])
+def test_levelwise_fifth_stage_equals_the_concatenation(shortcut_bias):
+    """SEBottleneck.forward_pyramid (GA-ResNet50's neck) == forward(aggregate(...)): outputs and gradients."""
+    from gaheads.models.multiscale import SEBottleneck, aggregate
+
+    torch.manual_seed(0)
+    shapes = [(8, 16), (16, 8), (32, 4), (32, 4), (64, 2)]  # larger, larger, same, same, smaller than 4x4
+    feats = [torch.randn(3, c, s, s, requires_grad=True) for c, s in shapes]
+    block = SEBottleneck(sum(c for c, _ in shapes), 64, shortcut_bias=shortcut_bias).train()
+    for bn in (m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.normal_(bn.bias)
+    ref = block(aggregate(feats, (4, 4)))
+    ref_grads = torch.autograd.grad(ref.square().sum(), [*feats, *block.parameters()])
+    out = block.forward_pyramid(feats, (4, 4))
+    grads = torch.autograd.grad(out.square().sum(), [*feats, *block.parameters()])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    names = [f"feature {i}" for i in range(len(feats))] + [n for n, _ in block.named_parameters()]
+    for name, g, r in zip(names, grads, ref_grads):
+        if name == "shortcut.0.bias":  # the BN after it cancels it: its true gradient is 0, both are rounding
+            assert g.abs().max() < 1e-3 and r.abs().max() < 1e-3
+            continue
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()), msg=name)
+

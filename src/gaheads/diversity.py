@@ -11,6 +11,10 @@ added up and the result does not depend on the batch size):
   paired observations, R[i, j] = cov(p_i, p_j) / (std(p_i) · std(p_j)). R[i, i] = 1.
   Two branches that put the same probability on the same classes of every sample give 1;
   the lower R, the more the branches spread their probability mass differently.
+- **log-probability correlation** L[i, j]: the same over log-softmax values. R is dominated by
+  the few large probabilities (the predicted class), so on easy data it sits near 1 whatever
+  the branches do with the other classes; L weighs every class's log-odds alike, which is
+  where the decorrelation loss's KL(p̄ ‖ p_k) acts once the branches agree on the top class.
 
 ``mean_offdiag`` of either matrix (the mean over i != j) is the one-number summary.
 """
@@ -36,16 +40,18 @@ class BranchDiversity:
     """Accumulates pairwise agreement and probability correlation of K branches; see the module doc.
 
     ``update(logits (B, K, n))``; ``all_reduce()`` sums over DDP ranks; ``compute()`` returns
-    ``agreement`` and ``correlation`` as K x K nested lists, their off-diagonal means
-    ``mean_agreement`` and ``mean_correlation``, and ``samples``.
+    ``agreement``, ``correlation`` and ``logprob_correlation`` as K x K nested lists, their
+    off-diagonal means ``mean_agreement``, ``mean_correlation`` and ``mean_logprob_correlation``,
+    and ``samples``.
     """
 
     def __init__(self, num_branches: int, device: torch.device | str = "cpu") -> None:
         k = self.k = num_branches
         f64 = dict(dtype=torch.float64, device=device)
         self.same = torch.zeros(k, k, **f64)  # samples on which branch i and j agree
-        self.p_sum = torch.zeros(k, **f64)  # Σ p_k over (sample, class) pairs
-        self.p_outer = torch.zeros(k, k, **f64)  # Σ p_i p_j over (sample, class) pairs
+        # row 0: probabilities, row 1: log-probabilities; Σ v_k and Σ v_i v_j over (sample, class) pairs
+        self.v_sum = torch.zeros(2, k, **f64)
+        self.v_outer = torch.zeros(2, k, k, **f64)
         self.counts = torch.zeros(2, **f64)  # samples, (sample, class) pairs
 
     @torch.no_grad()
@@ -55,14 +61,15 @@ class BranchDiversity:
         b, k, n = logits.shape
         pred = logits.argmax(dim=-1)  # (B, K)
         self.same += (pred[:, :, None] == pred[:, None, :]).sum(0).double()
-        p = logits.double().softmax(dim=-1).permute(1, 0, 2).reshape(k, b * n)  # (K, B·n)
-        self.p_sum += p.sum(dim=1)
-        self.p_outer += p @ p.T
+        logp = logits.double().log_softmax(dim=-1).permute(1, 0, 2).reshape(k, b * n)  # (K, B·n)
+        v = torch.stack((logp.exp(), logp))  # (2, K, B·n)
+        self.v_sum += v.sum(dim=2)
+        self.v_outer += v @ v.transpose(1, 2)
         self.counts += torch.tensor([b, b * n], dtype=torch.float64, device=self.counts.device)
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            for t in (self.same, self.p_sum, self.p_outer, self.counts):
+            for t in (self.same, self.v_sum, self.v_outer, self.counts):
                 dist.all_reduce(t)
 
     @property
@@ -73,24 +80,27 @@ class BranchDiversity:
         """K x K percentage of samples where branches i and j have the same top-1 class."""
         return self.same / self.counts[0].clamp(min=1) * 100
 
-    def correlation(self) -> torch.Tensor:
-        """K x K Pearson correlation of branch probabilities over all (sample, class) pairs."""
+    def correlation(self, log: bool = False) -> torch.Tensor:
+        """K x K Pearson correlation of branch probabilities (``log``: log-probabilities) over all
+        (sample, class) pairs."""
         m = self.counts[1].clamp(min=1)
-        mean = self.p_sum / m
-        cov = self.p_outer / m - mean[:, None] * mean[None, :]
+        mean = self.v_sum[int(log)] / m
+        cov = self.v_outer[int(log)] / m - mean[:, None] * mean[None, :]
         std = cov.diagonal().clamp(min=0).sqrt()
         return cov / (std[:, None] * std[None, :]).clamp(min=1e-30)
 
     def compute(self) -> dict[str, Any]:
-        agree, corr = self.agreement(), self.correlation()
-        return {"agreement": agree.tolist(), "correlation": corr.tolist(), "mean_agreement": mean_offdiag(agree),
-                "mean_correlation": mean_offdiag(corr), "samples": self.samples}
+        agree, corr, log_corr = self.agreement(), self.correlation(), self.correlation(log=True)
+        return {"agreement": agree.tolist(), "correlation": corr.tolist(), "logprob_correlation": log_corr.tolist(),
+                "mean_agreement": mean_offdiag(agree), "mean_correlation": mean_offdiag(corr),
+                "mean_logprob_correlation": mean_offdiag(log_corr), "samples": self.samples}
 
 
 def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
-    """Heatmaps of agreement and correlation, and per-branch vs ensemble top-1, as one PNG.
+    """Heatmaps of agreement and correlations, and per-branch vs ensemble top-1, as one PNG.
 
-    ``report`` holds ``agreement``, ``correlation`` (K x K), ``branch_top1`` (K) and ``top1``.
+    ``report`` holds ``agreement``, ``correlation`` (K x K), optionally ``logprob_correlation``,
+    ``branch_top1`` (K) and ``top1``.
     """
     import matplotlib
 
@@ -101,12 +111,17 @@ def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
     corr = torch.tensor(report["correlation"])
     k = agree.shape[0]
     labels = [f"b{i}" for i in range(k)]
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
-    panels = ((axes[0], agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f"),
-              (axes[1], corr, f"probability correlation (mean {report['mean_correlation']:.4f})",
-               "%.4f" if float(corr.min()) > 0.99 else "%.3f"))  # near 1, 3 decimals would all read 0.999
+    panels = [(agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f"),
+              (corr, f"probability correlation (mean {report['mean_correlation']:.4f})",
+               "%.4f" if float(corr.min()) > 0.99 else "%.3f")]  # near 1, 3 decimals would all read 0.999
+    if "logprob_correlation" in report:
+        log_corr = torch.tensor(report["logprob_correlation"])
+        panels.append((log_corr, f"log-prob. correlation (mean {report['mean_logprob_correlation']:.4f})",
+                       "%.4f" if float(log_corr.min()) > 0.99 else "%.3f"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.8),
+                             gridspec_kw={"width_ratios": [1] * len(panels) + [1.1]})
     off = ~torch.eye(k, dtype=torch.bool)
-    for ax, mat, name, fmt in panels:
+    for ax, (mat, name, fmt) in zip(axes, panels):
         # colours span the off-diagonal values only (the diagonal is trivially 100 % / 1 and left
         # blank), so small differences between pairs stay visible
         shown = mat.clone().masked_fill(~off, float("nan"))
@@ -125,7 +140,7 @@ def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
                         ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7,
                                 color="black" if v > lo + 0.6 * (hi - lo) else "white")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax = axes[2]
+    ax = axes[-1]
     ax.bar(labels, report["branch_top1"], color="tab:blue", label="branch")
     ax.axhline(report["top1"], color="tab:red", linestyle="--", label=f"ensemble {report['top1']:.2f}")
     low = min(min(report["branch_top1"]), report["top1"])

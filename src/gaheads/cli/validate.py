@@ -35,7 +35,7 @@ from ..metrics import BranchAccuracy
 def evaluate(model: nn.Module, loader: DataLoader, diversity: bool = False,
              device: torch.device | str = "cpu") -> dict[str, Any]:
     """Accuracy of the ensemble and each branch over ``loader``; with ``diversity`` also
-    ``agreement_matrix``/``correlation`` (K x K) and their off-diagonal means."""
+    ``agreement_matrix``/``correlation``/``logprob_correlation`` (K x K) and their off-diagonal means."""
     device = torch.device(device)
     model.eval()
     k = model.num_branches
@@ -51,7 +51,8 @@ def evaluate(model: nn.Module, loader: DataLoader, diversity: bool = False,
     if div is not None:
         d = div.compute()
         report.update(agreement_matrix=d["agreement"], correlation=d["correlation"],
-                      mean_agreement=d["mean_agreement"], mean_correlation=d["mean_correlation"])
+                      logprob_correlation=d["logprob_correlation"], mean_agreement=d["mean_agreement"],
+                      mean_correlation=d["mean_correlation"], mean_logprob_correlation=d["mean_logprob_correlation"])
     return report
 
 
@@ -75,6 +76,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["  " + " ".join(f"{v:7.2f}" for v in r) for r in report["agreement_matrix"]]
         lines.append(f"probability correlation (mean over pairs {report['mean_correlation']:.4f}):")
         lines += ["  " + " ".join(f"{v:7.4f}" for v in r) for r in report["correlation"]]
+        lines.append(f"log-probability correlation (mean over pairs {report['mean_logprob_correlation']:.4f}):")
+        lines += ["  " + " ".join(f"{v:7.4f}" for v in r) for r in report["logprob_correlation"]]
         best = max(report["branch_top1"])
         lines.append(f"ensemble top-1 - best branch top-1: {report['top1'] - best:+.2f} points")
     return "\n".join(lines)

@@ -79,6 +79,11 @@ class RobustImageFolder(ImageFolder):
     def num_skipped(self) -> int:
         return int(self._bad.sum())
 
+    @property
+    def skipped_mask(self) -> torch.Tensor:
+        """(len,) bool, True for the files found unreadable so far (shared with DataLoader workers)."""
+        return self._bad
+
     def _load(self, index: int) -> tuple[Any, int] | None:
         path, target = self.samples[index]
         if self._bad[index]:

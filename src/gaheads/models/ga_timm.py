@@ -24,8 +24,8 @@ from torch import nn
 from ..heads import HEADS, GramAttentionHead, create_head
 from .base import MultiHeadModel
 from .factory import UnknownModelError, suggest
-from .gram_layers import BranchConvNeXtBlock, layer_scale_names
-from .multiscale import SEBottleneck, aggregate, init_conv_linear, intermediate_blocks
+from .gram_layers import BranchBottleneck
+from .multiscale import SEBottleneck, init_conv_linear, intermediate_blocks
 from .registry import make_cfg, register
 
 _logger = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ class MultiScaleResNet(nn.Module):
     """timm ResNet trunk + multi-scale aggregation + SE-bottleneck fifth stage (the GA-ConvNeXt neck).
 
     Pyramid [layer1, layer2, layer3 after blocks n, …, a·n, layer3, layer4] at layer3's
-    resolution (14x14 at 224) -> SEBottleneck -> X (B, D, H/16, W/16).
+    resolution (14x14 at 224) -> SEBottleneck -> X (B, D, H/16, W/16). The SE bottleneck reads
+    the pyramid level by level (:meth:`SEBottleneck.forward_pyramid`): the same function and
+    parameters as on the concatenation, with its first convs on layer4 at 7x7 instead of 14x14.
     """
 
     def __init__(self, model_name: str = "resnet50", fifth_dim: int = 512, num_intermediates: int = 0,
@@ -171,7 +173,8 @@ class MultiScaleResNet(nn.Module):
         widths = [t.feature_info[i]["num_chs"] for i in range(1, 5)]  # layer1..layer4
         self.intermediates = intermediate_blocks(len(t.layer3), num_intermediates)
         cat_dim = widths[0] + widths[1] + widths[2] * (num_intermediates + 1) + widths[3]
-        self.fifth = SEBottleneck(cat_dim, fifth_dim, drop_path=drop_path_rate)
+        # no shortcut conv bias: the BN after it cancels it (GA-ConvNeXt keeps one for its counts)
+        self.fifth = SEBottleneck(cat_dim, fifth_dim, drop_path=drop_path_rate, shortcut_bias=False)
         self.fifth.apply(init_conv_linear)
         self.num_features = fifth_dim
 
@@ -186,11 +189,14 @@ class MultiScaleResNet(nn.Module):
                 if i == 2 and j in self.intermediates:
                     pyramid.append(x)
             pyramid.append(x)
-        return self.fifth(aggregate(pyramid, pyramid[-2].shape[-2:]))
+        return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:])
 
 
 class GAResNet(MultiHeadModel):
-    """GA-ResNet: :class:`MultiScaleResNet` + K GA branches with ConvNeXt gram layers (as GA-ConvNeXt).
+    """GA-ResNet: :class:`MultiScaleResNet` + K GA branches whose gram layer is a ResNet bottleneck.
+
+    As GA-ConvNeXt's gram layer is a ConvNeXt block and GA-CSWin's a CSWin block, GA-ResNet's is
+    a block of its own backbone: a bottleneck at the gram width d (:class:`BranchBottleneck`).
 
     ``img_size`` is unused (any input size works); ``backbone_checkpoint`` loads a timm ResNet
     checkpoint into the trunk, as in :class:`GAHeadsModel`.
@@ -204,14 +210,11 @@ class GAResNet(MultiHeadModel):
         backbone = MultiScaleResNet(model_name, fifth_dim, num_intermediates, drop_path_rate, in_chans)
         head = GramAttentionHead(fifth_dim, num_classes, num_branches, gram_dim=gram_dim,
                                  contraction_groups=contraction_groups, embed_groups=embed_groups, attn_dim=attn_dim,
-                                 mlp_groups=mlp_groups, gram_layer=BranchConvNeXtBlock(gram_dim, num_branches))
+                                 mlp_groups=mlp_groups, gram_layer=BranchBottleneck(gram_dim, num_branches))
         super().__init__(backbone, head)
         self.backbone_load_result = None
         if backbone_checkpoint is not None:  # a timm ResNet checkpoint for the trunk
             self.backbone_load_result = load_backbone_checkpoint(backbone.trunk, backbone_checkpoint)
-
-    def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | layer_scale_names(self)
 
 
 # Configurations chosen to land within 3% of SPEC 2.3 (see the README's model zoo).

@@ -76,6 +76,38 @@ class BranchConvNeXtBlock(nn.Module):
         return x + _tokens_to_maps(y, b, h, w)
 
 
+class BranchBottleneck(nn.Module):
+    """K ResNet bottleneck blocks at width d (GA-ResNet's gram layer), input and output (B, K, d, H, W).
+
+    Per branch: 1x1 conv d -> m, BN, ReLU; 3x3 conv m -> m, BN, ReLU; 1x1 conv m -> d, BN; plus
+    the identity; ReLU. With m = d this is timm's ``Bottleneck(d, d // 4, base_width=256)``
+    (a wide bottleneck). The K branches are grouped convs over K*d channels (groups = K) and BNs
+    over K*m channels (BN is per channel, so one BN over K*m channels is K BNs). The last BN's
+    scale starts at 0 (timm ResNet's ``zero_init_last``): each block starts as the identity.
+    """
+
+    def __init__(self, dim: int, num_branches: int, mid_dim: int | None = None) -> None:
+        super().__init__()
+        k, m = num_branches, mid_dim or dim
+        self.dim, self.num_branches = dim, num_branches
+        self.conv1 = nn.Conv2d(k * dim, k * m, 1, groups=k, bias=False)
+        self.bn1 = nn.BatchNorm2d(k * m)
+        self.conv2 = nn.Conv2d(k * m, k * m, 3, padding=1, groups=k, bias=False)
+        self.bn2 = nn.BatchNorm2d(k * m)
+        self.conv3 = nn.Conv2d(k * m, k * dim, 1, groups=k, bias=False)
+        self.bn3 = nn.BatchNorm2d(k * dim)
+        for conv in (self.conv1, self.conv2, self.conv3):  # timm ResNet's init
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, d, h, w = x.shape
+        x = x.reshape(b, k * d, h, w)
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return F.relu(x + self.bn3(self.conv3(y))).view(b, k, d, h, w)
+
+
 def layer_scale_names(model: nn.Module) -> set[str]:
     """Names of the gram layers' (K, d) layer-scale parameters: exempt from weight decay like timm's 1-D ones."""
     return {f"{name}.gamma" for name, m in model.named_modules() if isinstance(m, BranchConvNeXtBlock)}

@@ -29,6 +29,15 @@ def init_conv_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Average-pool (B, C, H, W) down to ``size``: a box filter when the sizes divide (as at 224;
+    faster than adaptive pooling on CPU, same values), adaptive pooling otherwise."""
+    (h, w), (th, tw) = x.shape[-2:], size
+    if h % th == 0 and w % tw == 0:
+        return F.avg_pool2d(x, (h // th, w // tw))
+    return F.adaptive_avg_pool2d(x, size)
+
+
 def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Resize channels-first maps to ``size`` and concatenate: (B, ΣC_i, *size).
 
@@ -40,7 +49,7 @@ def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.
         if tuple(f.shape[-2:]) == tuple(size):
             out.append(f)
         elif f.shape[-1] > size[-1]:
-            out.append(F.adaptive_avg_pool2d(f, size))
+            out.append(pool_to(f, size))
         else:
             out.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
     return torch.cat(out, dim=1)
@@ -50,12 +59,14 @@ class SEBottleneck(nn.Module):
     """GA-ConvNeXt's fifth stage: one squeeze-excite bottleneck, (B, C_in, H, W) -> (B, D, H, W).
 
     1x1 conv -> D/4, BN, ReLU; 3x3 conv, BN, ReLU; SE(D/4, rd_ratio 1/4); 1x1 conv -> D, BN;
-    plus a projection shortcut (1x1 conv with bias, BN); drop path on the residual branch;
-    ReLU. timm's ResNet ``Bottleneck`` puts its SE after the expanding conv (width D) and has
+    plus a projection shortcut (1x1 conv, BN; the conv's bias, which the BN cancels, is there
+    only for the GA-ConvNeXt release's parameter counts: ``shortcut_bias``); drop path on the
+    residual branch; ReLU. timm's ResNet ``Bottleneck`` puts its SE after the expanding conv (width D) and has
     a bias-free shortcut, so it does not give these counts.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, se_ratio: float = 0.25, drop_path: float = 0.0) -> None:
+    def __init__(self, in_chs: int, out_chs: int, se_ratio: float = 0.25, drop_path: float = 0.0,
+                 shortcut_bias: bool = True) -> None:
         super().__init__()
         mid = out_chs // 4
         self.conv1 = nn.Conv2d(in_chs, mid, 1, bias=False)
@@ -65,11 +76,44 @@ class SEBottleneck(nn.Module):
         self.se = SEModule(mid, rd_ratio=se_ratio)  # = timm create_attn('se', mid, rd_ratio=se_ratio)
         self.conv3 = nn.Conv2d(mid, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
-        self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1), nn.BatchNorm2d(out_chs))
+        self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=shortcut_bias), nn.BatchNorm2d(out_chs))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
+        return self._residual(self.conv1(x), self.shortcut(x))
+
+    def forward_pyramid(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """``forward(aggregate(features, size))`` with the same weights, computed level by level.
+
+        The two 1x1 convs that read the concatenation (``conv1`` and the shortcut's) are linear
+        per pixel, so they commute with the resizing, which is linear per channel: each level
+        gets its slice of both convs' weights (one GEMM per level) after average pooling (at
+        the target size) or before bilinear upsampling (at its own, smaller size), and the
+        levels' outputs are summed. The C_in-channel concatenation is never built, and the
+        largest level (stage 3, upsampled 2x) costs a quarter of its MACs. Equal to ``forward``
+        up to float rounding.
+        """
+        mid = self.conv1.out_channels
+        weight = torch.cat((self.conv1.weight, self.shortcut[0].weight)).flatten(1)  # (mid + D, C_in)
+        both = None
+        for f, w in zip(features, weight.split([f.shape[1] for f in features], dim=1)):
+            w = w[:, :, None, None]
+            if tuple(f.shape[-2:]) == tuple(size):
+                y = F.conv2d(f, w)
+            elif f.shape[-1] > size[-1]:
+                y = F.conv2d(pool_to(f, size), w)
+            else:
+                y = F.interpolate(F.conv2d(f, w), size=size, mode="bilinear", align_corners=False)
+            both = y if both is None else both + y
+        y, shortcut = both.split((mid, both.shape[1] - mid), dim=1)
+        if self.shortcut[0].bias is not None:
+            shortcut = shortcut + self.shortcut[0].bias[:, None, None]
+        shortcut = self.shortcut[1](shortcut)
+        return self._residual(y, shortcut)
+
+    def _residual(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The block after its first conv: ``y`` = conv1(x), ``shortcut`` = the projected x."""
+        y = F.relu(self.bn1(y))
         y = F.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(self.se(y)))
-        return F.relu(self.drop_path(y) + self.shortcut(x))
+        return F.relu(self.drop_path(y) + shortcut)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import FORMAT, check_state_dict, load_checkpoint, model_config, save_weights
+from ..cpu_memory import keep_freed_memory
 from ..data import create_dataset, create_loader, create_transform
 from ..flops import count_params
 from ..loss import MultiHeadLoss, create_task_loss
@@ -94,6 +95,8 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, ctx: dist_utils.DistContext, stop: StopRequest) -> None:
         self.args, self.ctx, self.stop = args, ctx, stop
         self.device = ctx.device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on re-allocated activations each step (cpu_memory's doc)
         self.main = ctx.is_main
         self.nan_steps = nan_test_steps()
         self._set_determinism()
@@ -121,6 +124,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_top1, self.best_epoch = -1.0, 0
         self.skipped_total = 0
+        self.skipped_files: list[str] = []  # unreadable images met so far (all ranks)
         self.train_seconds = 0.0
         self.progress = self._new_progress()
         self.pending_rng: dict[str, Any] | None = None
@@ -559,6 +563,21 @@ class Trainer:
         acc.all_reduce()
         return acc.compute(), acc.samples
 
+    def _skipped_files(self) -> list[str]:
+        """The unreadable image files skipped so far, train then val, found by any rank or worker.
+
+        Each rank marks the files it met in its dataset's shared mask; the masks are OR-ed over
+        the ranks (a file two ranks met counts once).
+        """
+        paths: list[str] = []
+        for ds in (self.train_set, self.val_set):
+            mask = getattr(ds, "skipped_mask", None)
+            if mask is None:  # in-memory datasets (CIFAR-100, mnist5k) have no files to skip
+                continue
+            found = dist_utils.all_reduce(mask.to(self.device, torch.uint8), "max").cpu()
+            paths += [ds.samples[i][0] for i in torch.nonzero(found).flatten().tolist()]
+        return paths
+
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         tick = time.perf_counter()
         metrics, samples = self.evaluate(self.ema.module if self.ema is not None else self.model)
@@ -578,6 +597,8 @@ class Trainer:
             "epoch_seconds": p["seconds"], "eval_seconds": eval_seconds,
             "img_per_sec": p["samples"] / max(p["seconds"], 1e-9), "skipped_steps": int(p["skipped"]),
         }
+        self.skipped_files = self._skipped_files()
+        row["skipped_images"] = len(self.skipped_files)
         if raw is not None:
             row["model_top1"], row["model_top5"] = raw["top1"], raw["top5"]
         self.train_seconds += p["seconds"] + eval_seconds
@@ -600,7 +621,8 @@ class Trainer:
             branches = " branches [" + " ".join(f"{row[f'branch_top1_{i}']:.1f}" for i in range(k)) + "]"
         return (f"{PROG}: epoch {row['epoch']}/{self.args.epochs} loss {row['loss']:.4f} (task {row['task_loss']:.4f}, "
                 f"decor {row['decor_loss']:.4f}) top-1 {row['top1']:.2f} top-5 {row['top5']:.2f}{branches} "
-                f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['img_per_sec']:.0f} img/s")
+                f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['img_per_sec']:.0f} img/s"
+                + (f"; {row['skipped_images']} unreadable image(s) skipped so far" if row["skipped_images"] else ""))
 
     def _finish(self) -> dict[str, Any]:
         last = self.history[-1]
@@ -615,7 +637,8 @@ class Trainer:
             "agreement": last["agreement"], "eval_samples": last["eval_samples"],
             "params": self.num_params, "num_branches": k, "num_classes": self.num_classes,
             "weights": "ema" if self.ema is not None else "model", "steps": self.step,
-            "skipped_steps": self.skipped_total, "world_size": self.ctx.world_size, "seed": self.args.seed,
+            "skipped_steps": self.skipped_total, "skipped_images": len(self.skipped_files),
+            "skipped_files": self.skipped_files[:1000], "world_size": self.ctx.world_size, "seed": self.args.seed,
             "GA_lam": self.args.GA_lam, "img_per_sec": last["img_per_sec"], "output": str(self.out),
             "checkpoint": str(self.out / "last.pth"), "best_checkpoint": str(self.out / "best.pth"),
             "weights_file": str(self.out / "model.safetensors"), "curves": str(self.out / "curves.png"),

