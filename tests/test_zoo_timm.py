@@ -158,3 +158,12 @@ def test_levelwise_fifth_stage_equals_the_concatenation(shortcut_bias):
             continue
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()), msg=name)
 
+
+
+@pytest.mark.parametrize("size, target", [((56, 56), (14, 14)), ((28, 20), (14, 10)), ((15, 15), (7, 7))])
+def test_pool_to_equals_adaptive_pooling(size, target):
+    """The box-filter shortcut (sizes that divide) and the fallback both equal adaptive average pooling."""
+    from gaheads.models.multiscale import pool_to
+
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(pool_to(x, target), torch.nn.functional.adaptive_avg_pool2d(x, target))
