@@ -6,6 +6,7 @@ Each subcommand is a module with ``main(argv) -> int``, imported only when used,
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -18,6 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("gaheads.cli.export", "export a checkpoint to onnx, torchscript or safetensors"),
     "explain": ("gaheads.cli.explain", "per-branch class-attention maps of one image, as a PNG"),
 }
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """The options of every command that reads a trained model: --checkpoint, --no-ema, --device."""
+    parser.add_argument("--checkpoint", required=True, help="last.pth / best.pth, or .safetensors (+ .json)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
+    if device:
+        parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
 def usage() -> str:

@@ -15,15 +15,15 @@ from pathlib import Path
 from ..attention_maps import ExplainError, describe, explain
 from ..checkpoint import CheckpointError, load
 from ..inference import ImageError
+from . import add_checkpoint_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaheads explain", description="Per-branch class-attention maps of one image.")
     p.add_argument("image", help="an image file")
-    p.add_argument("--checkpoint", required=True, help="last.pth / best.pth, or .safetensors (+ .json)")
+    add_checkpoint_args(p, device=False)
     p.add_argument("--output", help="PNG to write (default: <image stem>_explain.png in the current folder)")
     p.add_argument("--json", action="store_true", help="also print the top classes and gram similarity as JSON")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     return p
 
 

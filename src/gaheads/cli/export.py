@@ -16,19 +16,19 @@ import torch
 
 from ..checkpoint import CheckpointError, load, save_weights
 from ..export import ExportError, check_onnx, check_torchscript, example_images, export_onnx, export_torchscript
+from . import add_checkpoint_args
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaheads export", description="Export a checkpoint and check it against PyTorch.")
-    p.add_argument("--checkpoint", required=True, help="last.pth / best.pth, or .safetensors (+ .json)")
+    add_checkpoint_args(p, device=False)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--output", required=True, help="file to write (.onnx, .pt, .safetensors)")
     p.add_argument("--branches", action="store_true",
                    help="onnx/torchscript: also output per-branch logits (B, K, n) as 'branch_logits'")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - PyTorch| (default 1e-4)")
-    p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the checkpoint has EMA")
     return p
 
 

@@ -17,17 +17,16 @@ import torch
 
 from ..checkpoint import CheckpointError, load
 from ..inference import predict
+from . import add_checkpoint_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaheads predict", description="Top-k classes of images or folders.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
-    p.add_argument("--checkpoint", required=True, help="last.pth / best.pth, or .safetensors (+ .json)")
+    add_checkpoint_args(p)
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     return p
 
 

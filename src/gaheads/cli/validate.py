@@ -29,6 +29,7 @@ from ..checkpoint import CheckpointError, load
 from ..data import DATASET_KINDS, DataError, create_dataset, create_loader, create_transform
 from ..diversity import BranchDiversity, plot_diversity
 from ..metrics import BranchAccuracy
+from . import add_checkpoint_args
 
 
 @torch.no_grad()
@@ -95,16 +96,14 @@ def write_diversity(report: dict[str, Any], folder: Path, title: str) -> tuple[P
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaheads validate", description="Accuracy of the ensemble and every branch.")
     p.add_argument("data", nargs="?", default=None, help="data root (not needed for mnist5k)")
-    p.add_argument("--checkpoint", required=True, help="last.pth / best.pth, or .safetensors (+ .json)")
+    add_checkpoint_args(p)
     p.add_argument("--dataset", default="imagefolder", choices=DATASET_KINDS, help="dataset kind (default imagefolder)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("-b", "--batch-size", type=int, default=128)
     p.add_argument("-j", "--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--diversity", action="store_true", help="add the head diversity report, heatmap and JSON")
     p.add_argument("--output", default=None, help="folder for diversity.png/json (default: the checkpoint's folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     return p
 
 
