@@ -7,7 +7,8 @@ fifth stage turns the concatenation into the D-channel map X that the GA branche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial, reduce
 
 import torch
 import torch.nn.functional as F
@@ -38,21 +39,25 @@ def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, size)
 
 
-def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Resize channels-first maps to ``size`` and concatenate: (B, ΣC_i, *size).
+def resize(x: torch.Tensor, size: tuple[int, int],
+           project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, C, H, W) brought to ``size``: average-pooled when larger, bilinearly upsampled when smaller.
 
-    Larger maps are average-pooled (a 4x or 2x box filter at 224), smaller ones upsampled
-    bilinearly.
+    ``project``, a per-pixel linear map (a 1x1 conv), is applied on the smaller side: after
+    pooling, before upsampling. Both resizings are linear per channel, so the result is
+    ``project(resize(x))`` either way, with the projection's MACs at the lower resolution.
     """
-    out = []
-    for f in features:
-        if tuple(f.shape[-2:]) == tuple(size):
-            out.append(f)
-        elif f.shape[-1] > size[-1]:
-            out.append(pool_to(f, size))
-        else:
-            out.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
-    return torch.cat(out, dim=1)
+    project = project or (lambda t: t)
+    if tuple(x.shape[-2:]) == tuple(size):
+        return project(x)
+    if x.shape[-1] > size[-1]:
+        return project(pool_to(x, size))
+    return F.interpolate(project(x), size=size, mode="bilinear", align_corners=False)
+
+
+def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Resize channels-first maps to ``size`` (:func:`resize`) and concatenate: (B, ΣC_i, *size)."""
+    return torch.cat([resize(f, size) for f in features], dim=1)
 
 
 class SEBottleneck(nn.Module):
@@ -61,8 +66,8 @@ class SEBottleneck(nn.Module):
     1x1 conv -> D/4, BN, ReLU; 3x3 conv, BN, ReLU; SE(D/4, rd_ratio 1/4); 1x1 conv -> D, BN;
     plus a projection shortcut (1x1 conv, BN; the conv's bias, which the BN cancels, is there
     only for the GA-ConvNeXt release's parameter counts: ``shortcut_bias``); drop path on the
-    residual branch; ReLU. timm's ResNet ``Bottleneck`` puts its SE after the expanding conv (width D) and has
-    a bias-free shortcut, so it does not give these counts.
+    residual branch; ReLU. timm's ResNet ``Bottleneck`` puts its SE after the expanding conv
+    (width D) and has a bias-free shortcut, so it does not give these counts.
     """
 
     def __init__(self, in_chs: int, out_chs: int, se_ratio: float = 0.25, drop_path: float = 0.0,
@@ -95,16 +100,9 @@ class SEBottleneck(nn.Module):
         """
         mid = self.conv1.out_channels
         weight = torch.cat((self.conv1.weight, self.shortcut[0].weight)).flatten(1)  # (mid + D, C_in)
-        both = None
-        for f, w in zip(features, weight.split([f.shape[1] for f in features], dim=1)):
-            w = w[:, :, None, None]
-            if tuple(f.shape[-2:]) == tuple(size):
-                y = F.conv2d(f, w)
-            elif f.shape[-1] > size[-1]:
-                y = F.conv2d(pool_to(f, size), w)
-            else:
-                y = F.interpolate(F.conv2d(f, w), size=size, mode="bilinear", align_corners=False)
-            both = y if both is None else both + y
+        parts = weight.split([f.shape[1] for f in features], dim=1)
+        both = reduce(torch.add, [resize(f, size, partial(F.conv2d, weight=w[:, :, None, None]))
+                                  for f, w in zip(features, parts)])
         y, shortcut = both.split((mid, both.shape[1] - mid), dim=1)
         if self.shortcut[0].bias is not None:
             shortcut = shortcut + self.shortcut[0].bias[:, None, None]
