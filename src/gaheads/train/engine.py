@@ -446,9 +446,12 @@ class Trainer:
                 sums += torch.stack([loss.detach(), parts.task.detach(), parts.decorrelation.detach()]).double()
                 bad_micro.append(~torch.isfinite(loss.detach()))
             self.progress["samples"] += group * a.batch_size * self.ctx.world_size
-            flags = torch.stack([torch.stack(bad_micro).any().float(),
-                                 torch.tensor(float(self.stop.signum), device=self.device)])
-            bad, signum = (int(v) for v in dist_utils.all_reduce(flags, "max").tolist())
+            flags = dist_utils.all_reduce(torch.stack([torch.stack(bad_micro).any().float(),
+                                                       torch.tensor(float(self.stop.signum), device=self.device)]),
+                                          "max")
+            # one host sync per step: the flags all ranks agree on, with this rank's mean losses
+            bad_flag, signal_flag, *step_losses = torch.cat([flags.double(), sums / group]).tolist()
+            bad, signum = int(bad_flag), int(signal_flag)
             if bad:
                 self._skip_nonfinite(epoch, s, group, bad_micro)
             else:
@@ -457,7 +460,7 @@ class Trainer:
             self.epoch_step = s + 1
             self.scheduler.step_update(num_updates=self.step)
             if not bad:
-                self._accumulate(sums / group)
+                self._accumulate(step_losses)
             now = time.perf_counter()
             self.progress["seconds"] += now - tick
             tick = now
@@ -488,8 +491,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step + 1)
 
-    def _accumulate(self, step_losses: torch.Tensor) -> None:
-        loss, task, decor = step_losses.tolist()
+    def _accumulate(self, step_losses: list[float]) -> None:
+        loss, task, decor = step_losses
         p = self.progress
         p["loss"], p["task"], p["decor"], p["steps"] = p["loss"] + loss, p["task"] + task, p["decor"] + decor, \
             p["steps"] + 1
