@@ -1,13 +1,14 @@
 """Does the decorrelation loss make the branches differ? The demo model on mnist5k at two --GA_lam values.
 
-    .venv/bin/python benchmarks/diversity_lambda.py --epochs 15 --lams -0.8 0 --seeds 0 1 2
+    .venv/bin/python benchmarks/diversity_lambda.py --epochs 15 --lams 0 -0.8 --seeds $(seq 0 15)
 
 Trains ``configs/demo_mnist5k.yaml`` (seqattn4_cct_2_3x2_32) once per (seed, lambda) via
 ``python -m gaheads.train -c configs/demo_mnist5k.yaml --GA_lam X --epochs E --seed S
 --output DIR/seedS/lam_X``, then runs the head diversity report (``gaheads validate
 --diversity``'s ``evaluate``) of each run's last.pth on the 1,000 held-out digits: mean pairwise
 probability and log-probability correlation and top-1 agreement of the branches, per-branch and
-ensemble top-1; and the mean of each over the seeds. Writes ``diversity.{png,json}`` into each
+ensemble top-1; the mean and SD of each over the seeds, and for every λ the per-seed
+difference from ``--baseline`` (default 0) with a one-sided paired t-test. Writes ``diversity.{png,json}`` into each
 run folder and ``results.md`` / ``results.json`` into DIR. A finished run (its summary.json exists)
 is not retrained (delete the folder to retrain).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -48,8 +50,25 @@ def diversity(run: Path) -> dict:
     return report
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def mean_sd(values: list[float], digits: int) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def paired_test(rows: list[dict], lam: float, baseline: float, key: str) -> dict:
+    """One-sided paired t-test of ``key`` at ``lam`` against ``baseline`` over the seeds run with both."""
+    by_seed = {(r["GA_lam"], r["seed"]): r[key] for r in rows}
+    seeds = sorted(s for (lam_, s) in by_seed if lam_ == lam and (baseline, s) in by_seed)
+    diff = [by_seed[lam, s] - by_seed[baseline, s] for s in seeds]
+    if len(diff) < 2:
+        return {"GA_lam": lam, "measure": key, "seeds": len(diff), "mean_difference": diff[0] if diff else float("nan"),
+                "sd": float("nan"), "t": float("nan"), "p": float("nan"), "seeds_lower": sum(d < 0 for d in diff)}
+    from scipy.stats import ttest_1samp  # scipy comes with mlxtend, a dependency
+
+    test = ttest_1samp(diff, 0.0, alternative="less")
+    return {"GA_lam": lam, "measure": key, "seeds": len(diff), "mean_difference": statistics.fmean(diff),
+            "sd": statistics.stdev(diff), "t": float(test.statistic), "p": float(test.pvalue),
+            "seeds_lower": sum(d < 0 for d in diff)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", type=float, nargs="+", default=[-0.8, 0.0])
     p.add_argument("--epochs", type=int, default=15, help="epochs of every run (make demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baseline", type=float, default=0.0,
+                   help="the --GA_lam every other value is compared with, seed by seed (paired t-test)")
     p.add_argument("--output", default="runs/diversity_lambda")
     opts = p.parse_args(argv)
     root = Path(opts.output)
@@ -77,15 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['GA_lam']:g} | {r['seed']} | {r['mean_correlation']:.5f} | {r['mean_logprob_correlation']:.4f} "
               f"| {r['mean_agreement']:.2f} | {r['all_agree']:.2f} | {r['top1']:.2f} "
               f"| {', '.join(f'{v:.1f}' for v in r['branch_top1'])} |" for r in rows]
-    for lam in opts.lams:  # the mean over seeds: the figure the comparison rests on
+    summary = (("mean_correlation", 5), ("mean_logprob_correlation", 4), ("mean_agreement", 2), ("all_agree", 2),
+               ("top1", 2))
+    for lam in opts.lams:  # the mean (± SD) over seeds: the figure the comparison rests on
         mine = [r for r in rows if r["GA_lam"] == lam]
-        lines.append(f"| **{lam:g}** | mean of {len(mine)} | **{mean([r['mean_correlation'] for r in mine]):.5f}** "
-                     f"| **{mean([r['mean_logprob_correlation'] for r in mine]):.4f}** "
-                     f"| {mean([r['mean_agreement'] for r in mine]):.2f} | {mean([r['all_agree'] for r in mine]):.2f} "
-                     f"| {mean([r['top1'] for r in mine]):.2f} | |")
+        cells = [mean_sd([r[key] for r in mine], digits) for key, digits in summary]
+        lines.append(f"| **{lam:g}** | mean ± SD of {len(mine)} | **{cells[0]}** | **{cells[1]}** | "
+                     + " | ".join(cells[2:]) + " | |")
+    paired = [paired_test(rows, lam, opts.baseline, key) for lam in opts.lams if lam != opts.baseline
+              for key in ("mean_correlation", "mean_logprob_correlation")] if opts.baseline in opts.lams else []
+    if paired:
+        lines += ["", f"Per-seed difference from --GA_lam {opts.baseline:g} (one-sided paired t-test, H1: lower):", "",
+                  "| --GA_lam | measure | seeds | mean difference | SD | t | p | seeds lower |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['GA_lam']:g} | {t['measure']} | {t['seeds']} | {t['mean_difference']:+.6f} | {t['sd']:.6f} "
+                  f"| {t['t']:.2f} | {t['p']:.3f} | {t['seeds_lower']} |" for t in paired]
     table = "\n".join(lines)
     (root / "results.md").write_text(table + "\n")
-    (root / "results.json").write_text(json.dumps(rows, indent=2))
+    (root / "results.json").write_text(json.dumps({"runs": rows, "paired": paired}, indent=2))
     print(table)
     return 0
 

@@ -97,3 +97,24 @@ def test_create_task_loss_matches_timm_choices():
     assert isinstance(bce, BinaryCrossEntropy) and bce.smoothing == 0.1
     assert create_task_loss(0.1, mixup=True, bce=True).smoothing == 0.0
     assert isinstance(create_task_loss(0.0), torch.nn.CrossEntropyLoss)
+
+
+@pytest.mark.parametrize("lam", [-0.8, -8.0, 0.5])
+@pytest.mark.parametrize("task", [torch.nn.CrossEntropyLoss(), LabelSmoothingCrossEntropy(0.1)])
+def test_decorrelation_weakens_branch_pull(lam, task):
+    # The branch-specific part of the logit gradient (each branch's minus the branches' mean) is
+    # exactly (1 + λ/C) times the task loss's own: the λ term scales the pull between branches
+    # and does nothing else (docs/diversity.md).
+    torch.manual_seed(0)
+    b, k, n = 6, 4, 10
+    base = torch.randn(b, k, n, dtype=torch.float64) * 3
+    target = torch.randint(0, n, (b,))
+
+    def branch_part(lam_: float) -> torch.Tensor:
+        logits = base.clone().requires_grad_(True)
+        MultiHeadLoss(task, lam=lam_)(logits, target).loss.backward()
+        return logits.grad - logits.grad.mean(dim=1, keepdim=True)
+
+    without = branch_part(0.0)
+    assert without.abs().max() > 1e-3  # the branches do differ
+    torch.testing.assert_close(branch_part(lam), (1 + lam / n) * without, rtol=1e-5, atol=1e-8)  # the KL runs in float32
