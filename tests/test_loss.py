@@ -117,4 +117,5 @@ def test_decorrelation_weakens_branch_pull(lam, task):
 
     without = branch_part(0.0)
     assert without.abs().max() > 1e-3  # the branches do differ
-    torch.testing.assert_close(branch_part(lam), (1 + lam / n) * without, rtol=1e-5, atol=1e-8)  # the KL runs in float32
+    # the KL runs in float32, hence the float32-sized tolerance
+    torch.testing.assert_close(branch_part(lam), (1 + lam / n) * without, rtol=1e-5, atol=1e-8)
