@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # Train a small SeqAttention CCT on the bundled 5,000-digit MNIST subset, on the CPU.
 demo: $(STAMP)
-	$(PY) -m gaheads.train -c configs/demo_mnist5k.yaml --output runs/demo
+	$(PY) -m gaheads.train -c demo --output runs/demo --overwrite
 
 versions: $(STAMP)
 	@$(PY) -c "import importlib.metadata as m, platform; print('python', platform.python_version(), '|', ' '.join(f'{p}=={m.version(p)}' for p in ('torch', 'torchvision', 'timm', 'numpy', 'pillow', 'matplotlib', 'safetensors', 'onnx', 'onnxruntime', 'onnxscript', 'mlxtend')))"
@@ -31,6 +31,7 @@ test: $(STAMP) versions
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) tools/check_imports.py src
 
 clean:
 	rm -rf .venv .venv-floor .venv-newest runs build *.egg-info src/*.egg-info

@@ -1,4 +1,4 @@
-"""Training and inference throughput of head models against their plain backbones (issue 5).
+"""Training and inference throughput of head models against their plain backbones.
 
     .venv/bin/python benchmarks/throughput.py                       # default pairs, CPU
     .venv/bin/python benchmarks/throughput.py --models ga8_cct_7_3x1_32:cct_7_3x1_32 --repeats 7
@@ -15,6 +15,12 @@ eval mode under ``torch.inference_mode``. The MACs ratio uses ``gaheads.flops.co
 processes it moves far less than wall-clock time, so its ratio is a steadier second opinion.
 On CPU the process first sets glibc's malloc to reuse freed memory, as ``gaheads train`` does
 (``gaheads.cpu_memory``); ``--system-malloc`` times with the C library's defaults instead.
+
+On CUDA each row also has the peak memory of one training step and one inference step
+(``torch.cuda.max_memory_allocated`` above what the group's models already hold), the
+throughput ratio (model img/s over baseline img/s, = 1 / time ratio), the MACs bound on it
+(baseline MACs / model MACs) and, for the three ImageNet models, the paper's ratio. ``--json``
+is rewritten after every group, so a run stopped by a time limit keeps the groups it finished.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from gaheads.loss import MultiHeadLoss
 from gaheads.models.base import MultiHeadModel
 from gaheads.models.factory import UnknownModelError
 
+# the paper's training throughput of each head model as a fraction of its baseline's
+PAPER_THROUGHPUT_RATIO = {"ga_convnext_tiny": 0.69, "ga_resnet50": 0.63, "ga_vit_small": 0.90}
 DEFAULT_PAIRS = ("ga_convnext_tiny:convnext_tiny", "ga_resnet50:resnet50", "ga_vit_small:vit_small_patch16_224",
                  "seqattn8_cct_7_3x1_32:cct_7_3x1_32", "ga8_cct_7_3x1_32:cct_7_3x1_32")
 
@@ -71,6 +79,7 @@ class Bench:
     infer_step: Callable[[], None]
     train: Timing = field(default_factory=Timing)
     infer: Timing = field(default_factory=Timing)
+    peak_mib: dict[str, float] = field(default_factory=dict)  # mode -> MiB one step allocates at its peak (CUDA)
 
 
 def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
@@ -84,14 +93,17 @@ def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def default_batch_size(device: str, input_size: tuple[int, int, int]) -> int:
-    """128 on GPU; on CPU 64 for small (CIFAR-sized) inputs and 16 at ImageNet sizes."""
+    """On GPU 256 for small (CIFAR-sized) inputs and 128 at ImageNet sizes; on CPU 64 and 16."""
+    small = input_size[-1] <= 64
     if device != "cpu":
-        return 128
-    return 64 if input_size[-1] <= 64 else 16
+        return 256 if small else 128
+    return 64 if small else 16
 
 
 def make_bench(name: str, args: argparse.Namespace, device: torch.device) -> Bench:
     model = gaheads.create_model(name)
+    if args.matmul_heads:
+        heads_common.set_cpu_convolutions(model, False)
     input_size = tuple(model.pretrained_cfg["input_size"])
     macs = count_macs(model, input_size)
     model.to(device)
@@ -108,7 +120,7 @@ def make_bench(name: str, args: argparse.Namespace, device: torch.device) -> Ben
     # torch's fused AdamW (one kernel per step on CPU and CUDA): the same update as the default
     # per-tensor loop, whose cost grows with the number of parameter tensors rather than the MACs
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
-    run = torch.compile(model) if args.compile else model
+    run = torch.compile(model, mode=args.compile_mode, backend=args.compile_backend) if args.compile else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
     def train_step() -> None:
@@ -145,11 +157,24 @@ def run_group(benches: list[Bench], args: argparse.Namespace, device: torch.devi
         for b in benches:
             for _ in range(args.warmup):
                 getattr(b, f"{mode}_step")()
+        if device.type == "cuda":
+            for b in benches:
+                b.peak_mib[mode] = peak_step_mib(getattr(b, f"{mode}_step"), device)
         for r in range(args.repeats):
             for b in benches:
                 timed(getattr(b, f"{mode}_step"), args.steps, device, getattr(b, mode))
             line = "  ".join(f"{b.name} {b.batch / getattr(b, mode).wall[-1]:.1f}" for b in benches)
             print(f"  {mode} round {r + 1}/{args.repeats}: {line} img/s", file=sys.stderr, flush=True)
+
+
+def peak_step_mib(step: Callable[[], None], device: torch.device) -> float:
+    """MiB one call of ``step`` allocates at its peak beyond what is allocated before it (CUDA)."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def pair_result(model: Bench, base: Bench, args: argparse.Namespace, device: torch.device) -> dict:
@@ -165,6 +190,18 @@ def pair_result(model: Bench, base: Bench, args: argparse.Namespace, device: tor
     row["train_time_ratio"] = row["baseline_train_img_s"] / row["train_img_s"]
     row["infer_time_ratio"] = row["baseline_infer_img_s"] / row["infer_img_s"]
     row["macs_ratio"] = model.macs / base.macs
+    row["train_throughput_ratio"] = 1 / row["train_time_ratio"]
+    row["infer_throughput_ratio"] = 1 / row["infer_time_ratio"]
+    row["macs_bound"] = base.macs / model.macs  # the throughput ratio if time followed the MACs
+    row["train_vs_macs_bound"] = row["train_throughput_ratio"] / row["macs_bound"]
+    paper = PAPER_THROUGHPUT_RATIO.get(model.name)
+    row["paper_throughput_ratio"] = paper
+    row["train_vs_paper"] = row["train_throughput_ratio"] / paper if paper else None
+    for mode in ("train", "infer"):
+        row[f"{mode}_peak_mib"] = model.peak_mib.get(mode)
+        row[f"baseline_{mode}_peak_mib"] = base.peak_mib.get(mode)
+    row["compile_mode"] = args.compile_mode if args.compile else None
+    row["compile_backend"] = args.compile_backend if args.compile else None
     if device.type == "cpu":
         row["train_cpu_time_ratio"] = model.train.cpu_s() / base.train.cpu_s()
         row["infer_cpu_time_ratio"] = model.infer.cpu_s() / base.infer.cpu_s()
@@ -188,6 +225,19 @@ def format_table(rows: list[dict]) -> str:
                      f"| {r['train_time_ratio']:.3f} | {r['infer_img_s']:.1f} | {r['baseline_infer_img_s']:.1f} "
                      f"| {r['infer_time_ratio']:.3f} | {r['macs_ratio']:.3f} "
                      f"| {r['train_time_ratio'] - r['macs_ratio']:+.3f} |")
+    lines += ["", "| model | train throughput ratio | MACs bound | vs MACs bound | paper | vs paper "
+              "| train peak MiB | baseline train peak MiB | infer peak MiB | baseline infer peak MiB |",
+              "|" + "---|" * 10]
+
+    def num(v: float | None, fmt: str = ".3f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['train_throughput_ratio']:.3f} | {r['macs_bound']:.3f} "
+                     f"| {r['train_vs_macs_bound']:.3f} | {num(r['paper_throughput_ratio'], '.2f')} "
+                     f"| {num(r['train_vs_paper'])} | {num(r['train_peak_mib'], '.0f')} "
+                     f"| {num(r['baseline_train_peak_mib'], '.0f')} | {num(r['infer_peak_mib'], '.0f')} "
+                     f"| {num(r['baseline_infer_peak_mib'], '.0f')} |")
     if rows and "train_cpu_time_ratio" in rows[0]:
         lines += ["", "| model | train CPU-time ratio | infer CPU-time ratio | MACs ratio |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['train_cpu_time_ratio']:.3f} | {r['infer_cpu_time_ratio']:.3f} "
@@ -203,8 +253,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode (implies --compile)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (implies --compile when not inductor; aot_eager: no code generation, "
+                        "for quick checks)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: 128 on GPU; on CPU 64 at 32x32 inputs, 16 at 224x224")
+                   help="default: on GPU 256 at 32x32 inputs, 128 at 224x224; on CPU 64 and 16")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model and mode (default 2, GPU 10)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds; the median counts (default 5, GPU 10)")
     p.add_argument("--steps", type=int, default=None, help="steps per timed round (default 1, GPU 10)")
@@ -214,8 +270,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--system-malloc", action="store_true",
                    help="keep glibc's malloc defaults on CPU (default: reuse freed memory, as gaheads train does; "
                         "see gaheads/cpu_memory.py)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the results as a JSON list")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write the results as a JSON list (rewritten after each group)")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the tables as Markdown")
     args = p.parse_args(argv)
+    args.compile = args.compile or args.compile_mode is not None or args.compile_backend != "inductor"
     gpu = args.device == "cuda"
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
     args.repeats = args.repeats if args.repeats is not None else (10 if gpu else 5)
@@ -227,12 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.matmul_heads:
-        heads_common.CPU_CONVOLUTIONS = False
     if args.device == "cuda" and not torch.cuda.is_available():
         print("throughput.py: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     args.malloc = "system"
     if device.type == "cpu" and not args.system_malloc and keep_freed_memory():
         args.malloc = "reuse freed memory"
@@ -257,14 +316,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_group(list(benches.values()), args, device)
         rows += [pair_result(benches[m], benches[baseline], args, device) for m in names[1:] if m in benches]
         del benches
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        write_results(rows, args)
     if not rows:
         print("throughput.py: no pair could be timed", file=sys.stderr)
         return 1
     print(format_table(rows))
+    return 0
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 0
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_table(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Readable per-branch versions of every head (SPEC 1), for checking the batched heads against.
+"""Readable per-branch versions of every head, for checking the batched heads against.
 
 Each branch is a plain module built from nn.Conv2d(groups=...), nn.BatchNorm2d, nn.LayerNorm and
 nn.Linear, run one after another; the class attention concatenates [q, X] explicitly and the MLP
@@ -24,13 +24,13 @@ from gaheads.heads.class_attention import ClassAttentionBlock
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, C, 1, 1): view the C channels as (C/m, m), transpose to (m, C/m), flatten (SPEC 1.1)."""
+    """(B, C, 1, 1): view the C channels as (C/m, m), transpose to (m, C/m), flatten."""
     b, c = x.shape[:2]
     return x.view(b, c // groups, groups).transpose(1, 2).reshape(b, c, 1, 1)
 
 
 class RefClassAttention(nn.Module):
-    """One LayerScale class-attention block (SPEC 1.1): q (B, 1, C), X (B, N, C) -> q (B, 1, C)."""
+    """One LayerScale class-attention block: q (B, 1, C), X (B, N, C) -> q (B, 1, C)."""
 
     def __init__(self, dim: int, attn_dim: int, mlp_groups: int, num_heads: int = 8) -> None:
         super().__init__()
@@ -62,7 +62,7 @@ class RefClassAttention(nn.Module):
 
 
 class RefGramEmbedding(nn.Module):
-    """GA steps 1-4 for one branch (SPEC 1.2): map (B, C, H, W) -> query token (B, 1, C)."""
+    """GA steps 1-4 for one branch: map (B, C, H, W) -> query token (B, 1, C)."""
 
     def __init__(self, dim: int, gram_dim: int, contraction_groups: int, embed_groups: int,
                  gram_layer: nn.Module | None) -> None:

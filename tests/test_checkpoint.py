@@ -48,3 +48,135 @@ def test_unreadable_checkpoints(tmp_path):
     torch.save({"state_dict": {}}, other)
     with pytest.raises(CheckpointError, match="not a gaheads checkpoint"):
         load_checkpoint(other)
+
+
+# --------------------------------------------------------------------------- one-line errors, run folders, pipes
+def multi_head_checkpoint(folder, **extra):
+    """``folder/last.pth``: a 2-class SeqAttention CCT (what validate/explain need), weights only."""
+    m = timm.create_model("seqattn2_cct_2_3x2_32", num_classes=2)
+    payload = {"format": FORMAT, "model_config": model_config(m), "model": m.state_dict(), **extra}
+    return atomic_save(payload, folder / "last.pth")
+
+
+def cli_argvs(ck, data, tmp_path) -> dict[str, list[str]]:
+    image = data / "val" / "cat" / "0.png"
+    return {
+        "validate": ["validate", str(data), "--checkpoint", str(ck), "--json"],
+        "predict": ["predict", str(image), "--checkpoint", str(ck), "--json"],
+        "export": ["export", "--checkpoint", str(ck), "--format", "safetensors", "--output", str(tmp_path / "e")],
+        "explain": ["explain", str(image), "--checkpoint", str(ck), "--output", str(tmp_path / "x.png")],
+    }
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")
+
+
+def test_checkpoint_without_model_config_is_one_line_everywhere(tmp_path, capsys):
+    from data_fixtures import make_imagefolder
+
+    from gaheads.cli import main
+
+    data = make_imagefolder(tmp_path / "imgs", classes=("cat", "dog"), per_class=1)
+    m = timm.create_model("seqattn2_cct_2_3x2_32", num_classes=2)
+    ck = atomic_save({"format": FORMAT, "model": m.state_dict()}, tmp_path / "noconfig.pth")
+    line = f"{ck} has no model_config (the name and arguments of its model), so the model cannot be rebuilt"
+    with pytest.raises(CheckpointError) as e:
+        gaheads.load(ck)
+    assert str(e.value) == line
+    for name, argv in cli_argvs(ck, data, tmp_path).items():
+        assert main(argv) == 2, name
+        assert one_line(capsys) == f"gaheads {name}: {line}"
+    # released weights whose JSON lost it
+    w, cfg = gaheads.save_weights(m, tmp_path / "w.safetensors")
+    cfg.write_text('{"format": "gaheads-weights/1"}')
+    with pytest.raises(CheckpointError) as e:
+        gaheads.load(w)
+    assert str(e.value) == (f"{w} has no model_config (the name and arguments of its model), so the model cannot "
+                            "be rebuilt")
+
+
+def test_run_folder_is_accepted_wherever_a_checkpoint_is(tmp_path, capsys):
+    from data_fixtures import make_imagefolder
+
+    from gaheads.checkpoint import resolve_checkpoint
+    from gaheads.cli import main
+
+    data = make_imagefolder(tmp_path / "imgs", classes=("cat", "dog"), per_class=1)
+    run = tmp_path / "run"
+    ck = multi_head_checkpoint(run)
+    assert resolve_checkpoint(run) == ck == resolve_checkpoint(run, training=True)  # --resume picks the same
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(gaheads.load(run)(x), gaheads.load(ck)(x), rtol=0, atol=0)
+    for name in ("validate", "predict"):
+        assert main(cli_argvs(ck, data, tmp_path)[name]) == 0
+        by_file = capsys.readouterr().out
+        assert main(cli_argvs(run, data, tmp_path)[name]) == 0
+        by_folder = capsys.readouterr().out
+        assert by_folder == by_file.replace(str(ck), str(run)), name
+    for name in ("export", "explain"):
+        assert main(cli_argvs(run, data, tmp_path)[name]) == 0, name
+    assert (tmp_path / "e.safetensors").is_file() and (tmp_path / "x.png").is_file()
+    # --diversity writes next to the checkpoint: inside the run folder, not beside it
+    assert main(["validate", str(data), "--checkpoint", str(run), "--diversity"]) == 0
+    assert (run / "diversity.json").is_file() and not (tmp_path / "diversity.json").exists()
+
+    # a folder with released weights only (no last.pth) gives them; an empty one is a one-line error
+    weights = tmp_path / "released"
+    gaheads.save_weights(gaheads.load(ck), weights / "model.safetensors")
+    assert resolve_checkpoint(weights) == weights / "model.safetensors"
+    torch.testing.assert_close(gaheads.load(weights)(x), gaheads.load(ck)(x), rtol=0, atol=0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(cli_argvs(empty, data, tmp_path)["predict"]) == 2
+    assert one_line(capsys) == (f"gaheads predict: no checkpoint in run folder {empty} (looked for last.pth and "
+                                "model.safetensors)")
+
+
+@pytest.mark.parametrize("command", ["validate", "predict"])
+def test_closed_pipe_exits_quietly(command, tmp_path, monkeypatch, capsys):
+    """``gaheads validate --json | head``: the reader has gone; no BrokenPipeError traceback, status 141.
+
+    stdout is a real pipe whose read end is closed, so the write fails with EPIPE as in a shell.
+    """
+    import os
+
+    from data_fixtures import make_imagefolder
+
+    from gaheads.cli import main
+
+    data = make_imagefolder(tmp_path / "imgs", classes=("cat", "dog"), per_class=1)
+    ck = multi_head_checkpoint(tmp_path / "run")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    pipe = os.fdopen(write_end, "w")
+    monkeypatch.setattr("sys.stdout", pipe)
+    try:
+        assert main(cli_argvs(ck, data, tmp_path)[command]) == 141
+    finally:
+        monkeypatch.undo()
+        pipe.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_plain_data_converts_what_a_safe_load_reads_and_names_what_it_cannot(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    from gaheads.checkpoint import plain_data
+
+    data = plain_data({"a": np.arange(3, dtype=np.uint32), "b": np.float32(0.5), "c": tmp_path,
+                       "d": argparse.Namespace(x=(1, 2)), np.int64(7): [np.bool_(True)]})
+    assert data["a"].dtype == torch.uint32 and data["a"].tolist() == [0, 1, 2]
+    assert (data["b"], data["c"], data["d"], data[7]) == (0.5, str(tmp_path), {"x": (1, 2)}, [True])
+    assert type(data["b"]) is float and type(list(data)[-1]) is int
+    torch.save(data, tmp_path / "p.pth")
+    assert torch.load(tmp_path / "p.pth", weights_only=True)["d"] == {"x": (1, 2)}
+    with pytest.raises(TypeError) as e:
+        plain_data({"opt": {"state": [object()]}})
+    assert str(e.value) == ("checkpoint['opt']['state'][0] is a builtins.object, which a safe load cannot read; "
+                            "store it as tensors or plain containers")

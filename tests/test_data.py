@@ -91,7 +91,8 @@ def test_image_modes_convert_to_rgb(tmp_path):
     out = {ds.classes[t]: np.asarray(ds[i][0]) for i, t in enumerate(ds.targets)}
     assert all(a.shape == (8, 8, 3) and a.dtype == np.uint8 for a in out.values())
     assert np.array_equal(out["gray"][..., 1], gray)
-    assert (out["rgba"][..., 0] == 200).all() and (out["rgba"][..., 1:] == 0).all()
+    # half-transparent (alpha 128) red 200 over the white background, as predict reads it too
+    assert out["rgba"].reshape(-1, 3).tolist() == [[227, 127, 127]] * 64
     assert (out["cmyk"][..., 0] > 240).all() and (out["cmyk"][..., 1:] < 15).all()  # CMYK (0,255,255,0) is red
     # 16-bit rescaled by 1/257, not clipped at 255
     assert np.array_equal(out["deep16"][..., 0], np.rint(deep / 257).astype(np.uint8))
@@ -153,11 +154,12 @@ def test_strict_error_from_a_worker_stays_one_line(tmp_path):
 
 
 def test_all_images_unreadable_is_an_error(tmp_path):
-    for i in range(3):
-        (tmp_path / "train" / "a").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "train" / "a" / f"{i}.jpg").write_bytes(b"not an image")
+    for c in "ab":
+        for i in range(3):
+            (tmp_path / "train" / c).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "train" / c / f"{i}.jpg").write_bytes(b"not an image")
     ds = create_dataset("imagefolder", tmp_path, "train")
-    with pytest.warns(BadImageWarning), pytest.raises(DataError, match=r"^3 consecutive unreadable images"):
+    with pytest.warns(BadImageWarning), pytest.raises(DataError, match=r"^6 consecutive unreadable images"):
         ds[0]
 
 
@@ -277,3 +279,22 @@ def test_unknown_transform_option_is_named():
         create_transform(cfg, True, re_probb=0.25)
     with pytest.raises(DataError, match=r"^data config has no input_size"):
         create_transform({"mean": (0.5,) * 3}, False)
+
+
+def test_scan_lists_a_plain_tree_exactly_as_torchvision(tmp_path):
+    # without links the new scan must not change which files a run trains on, nor their order
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from gaheads.data.imagefolder import scan_class_folders
+
+    for i, rel in enumerate(["b/x/2.png", "b/1.PNG", "b/x/y/0.jpg", "a/z.png", "a/notes.txt", "a/a b/3.png",
+                             "a/A/4.png", "b/x0/5.png"]):
+        if rel.endswith(".txt"):
+            (tmp_path / "train" / rel).write_text("x")
+        else:
+            write_image(tmp_path / "train" / rel, i)
+    classes = {"a": 0, "b": 1}
+    samples, left_out = scan_class_folders(tmp_path / "train", classes)
+    assert samples == make_dataset(str(tmp_path / "train"), classes, IMG_EXTENSIONS) and left_out == []
+    assert [p.split("train/")[1] for p, _ in samples] == ["a/z.png", "a/A/4.png", "a/a b/3.png", "b/1.PNG",
+                                                          "b/x/2.png", "b/x/y/0.jpg", "b/x0/5.png"]

@@ -57,3 +57,32 @@ def test_ga_head_adds_gram_similarity_and_cli_writes_png(tmp_path, capsys):
     assert explain_cli.main(["--checkpoint", str(ckpt), str(tmp_path / "none.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gaheads explain: ") and "none.png" in err and err.count("\n") == 1
+
+
+def test_explain_figure_has_a_colour_bar_and_says_what_self_means(tmp_path):
+    torch.manual_seed(0)
+    model = gaheads.create_model("seqattn2_cct_2_3x2_32", num_classes=10).eval()
+    result = gaheads.explain(model, digit_image(tmp_path / "d.png"))
+    fig = result.figure()
+    note = fig._supxlabel.get_text()
+    assert note.splitlines()[0].startswith("maps: each branch's attention over the image tokens")
+    assert '"self N%": the share of its attention the branch\'s query token keeps on itself' in note
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "attention / the map's peak" in labels  # the maps' shared colour bar
+    assert fig._suptitle.get_text() == "seqattn head, 2 branches — class attention maps"
+
+
+def test_diversity_plot_one_branch_and_a_readable_scale(tmp_path):
+    from gaheads.diversity import BranchDiversity, colour_range, plot_diversity
+
+    div = BranchDiversity(1)
+    div.update(torch.randn(6, 1, 5, generator=torch.Generator().manual_seed(0)))
+    report = div.compute()
+    assert report["mean_agreement"] is None and report["mean_correlation"] is None  # no pairs: no "nan"
+    plot_diversity({**report, "branch_top1": [80.0], "top1": 80.0}, str(tmp_path / "one.png"), title="one")
+    assert (tmp_path / "one.png").read_bytes()[:8] == PNG_MAGIC
+    # 0.9964 vs 0.9977 sit in one narrow band of a >= 0.05 wide scale, not at its two ends
+    lo, hi = colour_range(torch.tensor([0.9964, 0.9977]), "correlation")
+    assert (round(lo, 5), round(hi, 5)) == (0.95, 1.0)
+    assert colour_range(torch.tensor([20.0, 90.0]), "agreement") == (20.0, 90.0)
+    assert colour_range(torch.tensor([99.0, 99.5]), "agreement") == (90.0, 100.0)

@@ -81,3 +81,26 @@ def test_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
     assert err.startswith("gaheads export: ") and err.count("\n") == 1
     with pytest.raises(SystemExit):
         export_cli.main(["--checkpoint", "x", "--format", "tflite", "--output", "y"])
+
+
+def test_cli_hf_folder_loads_with_timm_local_dir(tmp_path, capsys):
+    """A trained checkpoint exported as --format hf: timm.create_model("local-dir:…", pretrained=True)
+    gives its logits."""
+    import json
+
+    from gaheads.export import timm_supports_local_dir
+
+    ckpt, model = make_checkpoint(tmp_path / "last.pth", name="ga2_cct_2_3x2_32", class_names=list("abcdefghij"))
+    assert export_cli.main(["--checkpoint", str(ckpt), "--format", "hf", "--output", str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    hf = tmp_path / "hf"
+    assert out.splitlines()[:2] == [f"wrote {hf / 'config.json'}", f"wrote {hf / 'model.safetensors'}"]
+    assert float(out.split(":")[-1]) == 0.0
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["architecture"] == "ga2_cct_2_3x2_32" and cfg["label_names"] == list("abcdefghij")
+    assert cfg["pretrained_cfg"]["classifier"] == "head.classifier" and cfg["num_classes"] == 10
+    if timm_supports_local_dir():
+        loaded = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+        x = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(loaded(x, return_branches=True), model(x, return_branches=True))

@@ -1,4 +1,4 @@
-"""Property tests of the heads (issue 7, item 5) and the gram vector's numerical range (item 3).
+"""Property tests of the heads and the gram vector's numerical range (item 3).
 
 Hypothesis draws the width C, the map size H x W, the branch count K, the class count, the
 batch (1 runs in eval mode: train-mode BN needs two values per channel), the memory format

@@ -85,7 +85,7 @@ def test_common_image_modes_are_converted_and_predicted(tmp_path, checkpoint):
     assert (corner[:4, :4] == 255).all() and np.array_equal(corner[4:, 4:], rgb[4:, 4:])
 
     model = gaheads.load(checkpoint)
-    results = model.predict([tmp_path / n for n in sorted(paths)], topk=1)
+    results = gaheads.predict(model, [tmp_path / n for n in sorted(paths)], topk=1)
     assert [r.ok for r in results] == [True] * len(paths)
     assert all(r.classes[0] in NAMES for r in results)
 

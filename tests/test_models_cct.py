@@ -6,13 +6,17 @@ import gaheads
 from gaheads.flops import count_macs
 from gaheads.loss import MultiHeadLoss
 
-# SPEC 2.1, at 100 classes: ours = the research code's count minus its unused Linear(256 -> 100)
+# at 100 classes: ours = the research code's count minus its unused Linear(256 -> 100)
 EXACT_PARAMS = {
     "cct_7_3x1_32": 3_783_269,
     "ga1_cct_7_3x1_32": 4_183_332,
     "ga8_cct_7_3x1_32": 7_165_472,
     "seqattn1_cct_7_3x1_32": 4_114_021,
     "seqattn8_cct_7_3x1_32": 6_610_984,
+    # AT with the released token-axis query (Linear(256 -> 128): 32,896): research count 6,667,524 for at8
+    "at1_cct_7_3x1_32": 4_146_660,
+    "at8_cct_7_3x1_32": 6_641_824,
+    "sg8_cct_7_3x1_32": 4_519_456,  # research count 4,545,156
 }
 
 
@@ -30,6 +34,8 @@ def test_per_branch_counts():
     for k in (1, 2, 4, 8):
         assert n_params(timm.create_model(f"ga{k}_cct_7_3x1_32")) == base - 25_957 + k * 426_020
         assert n_params(timm.create_model(f"seqattn{k}_cct_7_3x1_32")) == base - 25_957 + k * 356_709
+        # AT: one shared token-axis query, then per branch SeqAttention's block and classifier without its SeqPool
+        assert n_params(timm.create_model(f"at{k}_cct_7_3x1_32")) == base - 25_957 + 32_896 + k * 356_452
 
 
 @pytest.mark.parametrize("name,gmacs", [("cct_7_3x1_32", 1.182), ("ga8_cct_7_3x1_32", 1.265),

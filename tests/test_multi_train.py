@@ -1,4 +1,4 @@
-"""gaheads multi-train: the setups' flags are SPEC 3's recipe, a failed run does not stop the others, one table."""
+"""gaheads multi-train: the setups' flags are the papers' recipes, a failed run does not stop the others, one table."""
 
 from __future__ import annotations
 
@@ -64,12 +64,42 @@ def test_extra_flags_reach_every_run_and_win():
 def test_bad_setup_and_unwritable_output_are_one_line_errors(tmp_path, capsys):
     assert multi.main(["cifar10", "-m", "cct_2_3x2_32"]) == 2
     assert capsys.readouterr().err.strip() == ("gaheads multi-train: unknown setup 'cifar10' "
-                                               "(choose from cifar100, imagenet, mnist5k)")
+                                               "(choose from cifar100, imagenet, mnist5k, or give a data folder)")
+    assert multi.main(["mnist5k", "-m", "cct_2_3x2_32", "-c", "smal"]) == 2
+    assert capsys.readouterr().err.startswith("gaheads multi-train: no recipe 'smal' and no file of that name")
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert multi.main(["mnist5k", "-m", "cct_2_3x2_32", "--output", str(blocker / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"gaheads multi-train: cannot create output folder {blocker / 'runs'}") and "\n" not in err
+
+
+def test_a_data_folder_is_a_setup_with_the_small_recipe_and_c_replaces_it(tmp_path):
+    folder = make_imagefolder(tmp_path / "my_pics", classes=("a", "b"), per_class=2)
+    opts, extra = multi.build_parser().parse_known_args([str(folder), "-m", "seqattn2_cct_2_3x2_32"])
+    setup = multi.resolve_setup(opts.setups[0], opts.recipe)
+    assert (setup.name, setup.dataset, setup.recipe, setup.data_path) == ("my_pics", "imagefolder", "small",
+                                                                         str(folder.resolve()))
+    argv, note = multi.train_argv(setup, "seqattn2_cct_2_3x2_32", opts, extra, None, Path("out"))
+    assert argv[:3] == [str(folder.resolve()), "-c", "small"]
+    assert note == "my_pics: seqattn2_cct_2_3x2_32 trains at its own input size 32x32 (pass --img-size to change it)"
+    args = parse_args(argv)
+    assert (args.dataset, args.data_dir, args.epochs, args.lr, args.hflip) == ("imagefolder", str(folder.resolve()),
+                                                                               30, 2e-3, 0.0)
+    opts, extra = multi.build_parser().parse_known_args(["cifar100", "-m", "cct_2_3x2_32", "-c", "small"])
+    args = parse_args(multi.train_argv(multi.resolve_setup("cifar100", opts.recipe), "cct_2_3x2_32", opts, extra,
+                                       None, Path("out"))[0])
+    assert (args.dataset, args.epochs, args.opt, args.lr) == ("cifar100", 30, "adamw", 2e-3)  # the setup's data
+
+
+def test_multi_train_on_a_folder_with_a_recipe(tmp_path, capsys):
+    folder = make_imagefolder(tmp_path / "pics", classes=("a", "b"), per_class=4)
+    out = tmp_path / "runs"
+    assert multi.main([str(folder), "-c", "small", "-m", "cct_2_3x2_32", "--output", str(out), *TINY]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["setup"], r["model"], r["status"], r["epochs"]) for r in rows] == [("pics", "cct_2_3x2_32", "ok", 1)]
+    summary = json.loads((out / "pics" / "cct_2_3x2_32" / "summary.json").read_text())
+    assert summary["eval_samples"] == 8 and summary["steps"] == 2 and summary["dataset"] == "imagefolder"
 
 
 def test_failed_run_does_not_stop_the_others(tmp_path, capsys):

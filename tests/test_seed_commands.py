@@ -1,4 +1,4 @@
-"""The SeqAttention seed's two multi_train.py commands (SPEC 3), as typed, on tiny generated data.
+"""The SeqAttention seed's two multi_train.py commands, as typed, on tiny generated data.
 
 Each runs in a fresh process from a working directory holding the data where the seed expects
 it (``data/cifar-100-python``, ``data/imageNet/{train,val}``), with the seed's words unchanged

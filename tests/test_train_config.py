@@ -7,7 +7,7 @@ import pytest
 from gaheads.train.cli import main
 from gaheads.train.config import ConfigError, parse_args
 
-# SPEC 3, as typed by the GA seed's users; everything after train.py is our parser's input
+# the GA research commands, as typed by the GA seed's users; everything after train.py is our parser's input
 GA_SEED_COMMANDS = [
     "python3 -m torch.distributed.launch --nproc_per_node=2 --master_port=12345 train.py your_imageNet_root -b 128 "
     "--grad-accumulation 4 --smoothing 0.1 --bce-loss --opt lamb --opt-eps 1e-8 --momentum 0.8 --weight-decay 0.05 "
@@ -38,7 +38,7 @@ def test_seed_commands_parse_to_their_values(command):
     assert args.amp and args.channels_last and args.local_rank == 1
     assert args.lr == (5e-3 if "convnext" in command else 2e-3)
     assert args.drop_path == float(command.split("--drop-path ")[1])
-    # the research script's defaults that these commands inherit (SPEC 3)
+    # the research script's defaults that these commands inherit
     assert (args.aa, args.aug_repeats, args.mixup, args.cutmix, args.mixup_prob, args.switch_prob) == (
         "rand-m9-mstd0.5-inc1", 3, 0.2, 1.0, 1.0, 0.5)
     assert (args.train_interpolation, args.color_jitter, args.reprob, args.warmup_epochs, args.min_lr, args.seed) == (

@@ -1,4 +1,4 @@
-"""GA-ConvNeXt (SPEC 2.2): exact parameter counts, GMACs within 1%, batched gram layer, forward/backward."""
+"""GA-ConvNeXt: exact parameter counts, GMACs within 1%, batched gram layer, forward/backward."""
 
 import pytest
 import timm
@@ -10,7 +10,7 @@ from zoo_checks import forward_backward, meta_params, meta_shapes, within
 from gaheads.flops import count_macs
 from gaheads.models.gram_layers import BranchConvNeXtBlock
 
-# SPEC 2.2, "ref params" / "ref GMACs" at 1000 classes, 224x224
+# the research release's own counts ("ref params" / "ref GMACs") at 1000 classes, 224x224
 REF = {
     "ga_convnext_tiny_688": (47_821_324, 5.454),
     "ga_convnext_tiny_768": (54_354_584, 5.754),

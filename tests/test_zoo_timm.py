@@ -1,4 +1,4 @@
-"""GA-ResNet50, GA-ViT-S/M (SPEC 2.3) and K-branch heads on any timm backbone (``<head><K>@<model>``)."""
+"""GA-ResNet50, GA-ViT-S/M and K-branch heads on any timm backbone (``<head><K>@<model>``)."""
 
 import pytest
 import safetensors.torch

@@ -1,17 +1,59 @@
 """gaheads: Gramian Attention and SeqAttention multi-branch heads for timm image classifiers.
 
 ``import gaheads`` registers every model with timm: ``timm.create_model('ga8_cct_7_3x1_32')``.
+
+The one exception is the ``gaheads`` command itself (and ``python -m gaheads``): there the
+package loads nothing up front, so ``gaheads --help`` answers without importing torch; each
+subcommand imports what it uses, and the names below still load on first use.
 """
 
-from . import models
-from .attention_maps import explain
-from .checkpoint import load, save_weights
-from .heads import create_head
-from .inference import predict
-from .loss import LossParts, MultiHeadLoss, create_task_loss
-from .models import MultiHeadModel, create_model, list_models
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "LossParts": "loss", "MultiHeadLoss": "loss", "create_task_loss": "loss",
+    "MultiHeadModel": "models", "create_model": "models", "list_models": "models",
+    "explain": "attention_maps", "load": "checkpoint", "save_weights": "checkpoint",
+    "create_head": "heads", "predict": "inference",
+}
+
 __all__ = ["LossParts", "MultiHeadLoss", "MultiHeadModel", "create_head", "create_model", "create_task_loss",
            "explain", "list_models", "load", "models", "predict", "save_weights", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "models":
+        return importlib.import_module(".models", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _started_as_command() -> bool:
+    """Whether this interpreter runs the ``gaheads`` console script or ``python -m gaheads``."""
+    argv = iter(list(getattr(sys, "orig_argv", []))[1:])
+    for arg in argv:  # the interpreter's own options, then -m MODULE or a script
+        if arg == "-m":
+            return next(argv, None) == "gaheads"
+        if arg in ("-X", "-W", "-Q"):
+            next(argv, None)
+        elif not arg.startswith("-"):
+            break
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main_file).removesuffix(".exe") == "gaheads"
+
+
+if not _started_as_command():
+    from . import models  # noqa: E402  (registers every model with timm)
+    from .attention_maps import explain  # noqa: E402
+    from .checkpoint import load, save_weights  # noqa: E402
+    from .heads import create_head  # noqa: E402
+    from .inference import predict  # noqa: E402
+    from .loss import LossParts, MultiHeadLoss, create_task_loss  # noqa: E402
+    from .models import MultiHeadModel, create_model, list_models  # noqa: E402

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import GramEmbedding, SeqPoolHead, to_tokens
-from .inference import ImageInput, class_name, eval_transform, load_image, model_data_config, to_rgb
+from .inference import ImageInput, class_name
+from .preprocess import eval_transform, open_image, resolve_data_config, to_rgb
 
 
 class ExplainError(ValueError):
@@ -66,30 +67,39 @@ class Explanation:
             " and gram similarity" if self.gram_similarity is not None else "")
 
     def figure(self):
-        """A matplotlib Figure: the image (ensemble top class), one map per branch, gram similarity."""
-        import matplotlib
+        """A matplotlib Figure: the image (ensemble top class), one map per branch, gram similarity.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        The maps share one colour bar (each map is scaled to its own peak); a footnote says what
+        a branch title's "self N%" is. Built with matplotlib's object API (no pyplot, no backend
+        switch), so it can be drawn in any process.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+        from matplotlib.figure import Figure
 
         k = len(self.branch_top)
         n_panels = 1 + (k if self.maps is not None else 0) + (self.gram_similarity is not None)
         cols = min(n_panels, 5)
         rows = -(-n_panels // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+        fig = Figure(figsize=(2.7 * cols + 0.8, 2.8 * rows + 0.8), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, cols, squeeze=False)
         panels = iter(axes.flat)
         img = self.image.numpy()
         ax = next(panels)
         ax.imshow(img)
         name, prob = self.ensemble_top
         ax.set_title(f"ensemble: {name} ({prob:.0%})", fontsize=9)
+        map_axes = []
         if self.maps is None:
             ax.set_xlabel("\n".join(f"b{i}: {c} ({p:.0%})" for i, (c, p) in enumerate(self.branch_top)), fontsize=8)
         else:
             for i in range(k):
                 ax = next(panels)
+                map_axes.append(ax)
                 ax.imshow(img)
-                ax.imshow(self.maps[i].numpy(), cmap="jet", alpha=0.5)
+                ax.imshow(self.maps[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 c, p = self.branch_top[i]
                 extra = f", self {float(self.self_attention[i]):.0%}" if self.attention is not None else ""
                 ax.set_title(f"b{i}: {c} ({p:.0%}{extra})", fontsize=9)
@@ -110,20 +120,25 @@ class Explanation:
             ax.set_yticks([])
         for ax in panels:  # unused grid cells
             ax.axis("off")
-        title = f"{self.head_name} head, {k} branches" + (f" — {self.kind} maps" if self.kind else "")
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
+        branches = f"{k} branch{'es' if k != 1 else ''}"
+        fig.suptitle(f"{self.head_name} head, {branches}" + (f" — {self.kind} maps" if self.kind else ""), fontsize=10)
+        notes = []
+        if map_axes:
+            bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=map_axes, fraction=0.03, pad=0.02)
+            bar.set_label("attention / the map's peak", fontsize=8)
+            notes.append("maps: each branch's attention over the image tokens (mean over heads), scaled to its peak")
+        if self.attention is not None:
+            notes.append('"self N%": the share of its attention the branch\'s query token keeps on itself '
+                         "(not drawn; the map shows the rest)")
+        if notes:
+            fig.supxlabel("\n".join(notes), fontsize=7)
         return fig
 
     def save(self, path: str | Path) -> Path:
         """Write the figure as a PNG."""
-        import matplotlib.pyplot as plt
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig = self.figure()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        self.figure().savefig(path, dpi=120)
         return path
 
 
@@ -137,13 +152,13 @@ def token_grid(features: torch.Tensor) -> tuple[int, int]:
 
 def _prepare(model: nn.Module, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
     """-> model input (1, 3, H, W) and the image it shows, (H, W, 3) in [0, 1]."""
-    cfg = model_data_config(model)
+    cfg = resolve_data_config(model)
     if isinstance(image, torch.Tensor):
         x = image if image.ndim == 4 else image.unsqueeze(0)
         if x.shape[0] != 1:
             raise ExplainError(f"explain takes one image, got a batch of {x.shape[0]}")
     else:
-        img = to_rgb(image) if hasattr(image, "mode") else load_image(image)
+        img = to_rgb(image) if hasattr(image, "mode") else open_image(image)  # the reader validate and predict use
         x = eval_transform(cfg)(img).unsqueeze(0)
     mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
     std = torch.tensor(cfg["std"]).view(3, 1, 1)

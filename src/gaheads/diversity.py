@@ -27,11 +27,11 @@ import torch
 import torch.distributed as dist
 
 
-def mean_offdiag(m: torch.Tensor) -> float:
-    """Mean of the off-diagonal entries of a square matrix (nan for 1 x 1)."""
+def mean_offdiag(m: torch.Tensor) -> float | None:
+    """Mean of the off-diagonal entries of a square matrix (None for 1 x 1: there are no pairs)."""
     k = m.shape[0]
     if k < 2:
-        return float("nan")
+        return None
     mask = ~torch.eye(k, dtype=torch.bool, device=m.device)
     return float(m[mask].mean())
 
@@ -96,59 +96,87 @@ class BranchDiversity:
                 "mean_logprob_correlation": mean_offdiag(log_corr), "samples": self.samples}
 
 
+# the narrowest colour range of each heatmap: differences smaller than this are drawn as (almost) one
+# colour, so 0.9964 vs 0.9977 do not look like opposite extremes; (floor, lowest, highest valid value)
+COLOUR_SPAN = {"agreement": (10.0, 0.0, 100.0), "correlation": (0.05, -1.0, 1.0)}
+
+
+def colour_range(values: torch.Tensor, kind: str) -> tuple[float, float]:
+    """(vmin, vmax) for a heatmap of ``values``: their spread, widened to at least the kind's floor
+    (``COLOUR_SPAN``) around their middle and kept inside the valid range."""
+    floor, low, high = COLOUR_SPAN[kind]
+    lo, hi = float(values.min()), float(values.max())
+    span = max(hi - lo, floor)
+    mid = (lo + hi) / 2
+    vmin, vmax = mid - span / 2, mid + span / 2
+    if vmax > high:
+        vmin, vmax = vmin - (vmax - high), high
+    if vmin < low:
+        vmin, vmax = low, vmax + (low - vmin)
+    return vmin, min(vmax, high)
+
+
 def plot_diversity(report: dict[str, Any], path: str, title: str = "") -> None:
     """Heatmaps of agreement and correlations, and per-branch vs ensemble top-1, as one PNG.
 
     ``report`` holds ``agreement``, ``correlation`` (K x K), optionally ``logprob_correlation``,
-    ``branch_top1`` (K) and ``top1``.
+    ``branch_top1`` (K) and ``top1``. Each heatmap's colours span its off-diagonal values, widened
+    to a minimum range (:func:`colour_range`), and every pair's value is printed in its cell. With
+    one branch there are no pairs: only the accuracy panel is drawn, and says so.
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    agree = torch.tensor(report["agreement"])
-    corr = torch.tensor(report["correlation"])
+    agree = torch.tensor(report["agreement"], dtype=torch.float64)
     k = agree.shape[0]
     labels = [f"b{i}" for i in range(k)]
-    panels = [(agree, f"top-1 agreement % (mean {report['mean_agreement']:.1f})", "%.1f"),
-              (corr, f"probability correlation (mean {report['mean_correlation']:.4f})",
-               "%.4f" if float(corr.min()) > 0.99 else "%.3f")]  # near 1, 3 decimals would all read 0.999
-    if "logprob_correlation" in report:
-        log_corr = torch.tensor(report["logprob_correlation"])
-        panels.append((log_corr, f"log-prob. correlation (mean {report['mean_logprob_correlation']:.4f})",
-                       "%.4f" if float(log_corr.min()) > 0.99 else "%.3f"))
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.8),
-                             gridspec_kw={"width_ratios": [1] * len(panels) + [1.1]})
-    off = ~torch.eye(k, dtype=torch.bool)
-    for ax, (mat, name, fmt) in zip(axes, panels):
-        # colours span the off-diagonal values only (the diagonal is trivially 100 % / 1 and left
-        # blank), so small differences between pairs stay visible
-        shown = mat.clone().masked_fill(~off, float("nan"))
-        lo, hi = (float(mat[off].min()), float(mat[off].max())) if k > 1 else (0.0, 1.0)
-        if hi - lo < 1e-9:
-            lo, hi = lo - 0.5, hi + 0.5
+    panels = []
+    if k > 1:
+        off = ~torch.eye(k, dtype=torch.bool)
+        mats = [("agreement", agree, "top-1 agreement %", "%.1f", "agreement")]
+        mats.append(("correlation", torch.tensor(report["correlation"], dtype=torch.float64),
+                     "probability correlation", "%.4f", "correlation"))
+        if "logprob_correlation" in report:
+            mats.append(("logprob_correlation", torch.tensor(report["logprob_correlation"], dtype=torch.float64),
+                         "log-prob. correlation", "%.4f", "correlation"))
+        for _, mat, name, fmt, kind in mats:
+            vals = mat[off]
+            fmt_ = "%.1f" if kind == "agreement" else fmt
+            panels.append((mat, f"{name}\nmean {fmt_ % float(vals.mean())}, pairs {fmt_ % float(vals.min())} to "
+                                f"{fmt_ % float(vals.max())}", fmt, colour_range(vals, kind)))
+    fig = Figure(figsize=(4.4 * (len(panels) + 1), 4.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels) + 1, squeeze=False,
+                        gridspec_kw={"width_ratios": [1] * len(panels) + [1.1]})[0]
+    for ax, (mat, name, fmt, (lo, hi)) in zip(axes, panels):
+        # the diagonal (trivially 100 % / 1) is left blank so it does not set the colours
+        shown = mat.clone().masked_fill(torch.eye(k, dtype=torch.bool), float("nan"))
         im = ax.imshow(shown.numpy(), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(k), labels)
         ax.set_yticks(range(k), labels)
-        if k <= 8:
+        if k <= 10:
             for i in range(k):
                 for j in range(k):
                     if i != j:
                         v = float(mat[i, j])
-                        ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7,
+                        ax.text(j, i, fmt % v, ha="center", va="center", fontsize=7 if k <= 6 else 6,
                                 color="black" if v > lo + 0.6 * (hi - lo) else "white")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax = axes[-1]
     ax.bar(labels, report["branch_top1"], color="tab:blue", label="branch")
     ax.axhline(report["top1"], color="tab:red", linestyle="--", label=f"ensemble {report['top1']:.2f}")
+    for i, v in enumerate(report["branch_top1"]):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     low = min(min(report["branch_top1"]), report["top1"])
     ax.set_ylim(max(0.0, low - max(2.0, 0.2 * (100 - low))), 100)
-    ax.set_title("top-1 %: each branch vs ensemble", fontsize=9)
+    ax.set_ylabel("top-1 %")
+    if k == 1:
+        ax.set_title("top-1 %: 1 branch (no pairs of branches to compare)", fontsize=9)
+    else:
+        ax.set_title(f"top-1 %: each of {k} branches vs ensemble", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,9 +47,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:
     """(C, H, W) the model expects, from ``data_config`` or timm's pretrained_cfg."""
-    from .inference import model_data_config
+    from .preprocess import resolve_data_config
 
-    return tuple(model_data_config(model)["input_size"])
+    return tuple(resolve_data_config(model)["input_size"])
 
 
 def example_images(model: nn.Module, batch_size: int, seed: int = 0) -> torch.Tensor:
@@ -66,7 +67,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, branches: bool = Fals
     """Export with torch's dynamo ONNX exporter; input ``images`` with a dynamic batch axis.
 
     The TorchScript-based exporter cannot keep the batch axis dynamic through the heads'
-    LayerNorm/einsum reshapes, so the torch.export-based one is used.
+    LayerNorm/einsum reshapes, so the torch.export-based one is used. The file carries
+    :func:`onnx_metadata` in its ``metadata_props`` and in ``<path>.json`` beside it.
     """
     for package in ("onnx", "onnxscript"):
         require(package, "export", "ONNX export")
@@ -83,9 +85,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, branches: bool = Fals
                               opset_version=opset_version, verbose=False)
 
     try:
-        return atomic_write(path, write)
+        atomic_write(path, write)
     except Exception as e:
         raise ExportError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    return write_onnx_metadata(path, model)[0]  # self-describing: preprocessing and classes inside and beside it
 
 
 def _torch_outputs(model: nn.Module, x: torch.Tensor, branches: bool) -> list[torch.Tensor]:
@@ -140,4 +143,133 @@ def check_torchscript(path: str | os.PathLike, model: nn.Module,
             if g.shape != r.shape:
                 raise ExportError(f"TorchScript output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)}")
             worst = max(worst, float((g - r).abs().max()))
+    return worst
+
+
+def onnx_metadata(model: nn.Module) -> dict[str, Any]:
+    """What a deployment needs to feed and read the ONNX file: preprocessing, classes, model name.
+
+    Keys: model, class_names, input_size (C, H, W), mean, std, interpolation, crop_pct,
+    crop_mode, input ("images", float32 NCHW, normalised), outputs. The eval transform it
+    describes: resize the shorter side to floor(H / crop_pct) with ``interpolation``, centre
+    crop H x W, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel.
+    """
+    from .checkpoint import model_config
+    from .preprocess import resolve_data_config
+
+    cfg = resolve_data_config(model)
+    names = getattr(model, "class_names", None)
+    return {"model": model_config(model)["name"], "class_names": list(names) if names else None,
+            "input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
+            "interpolation": cfg.get("interpolation"), "crop_pct": cfg.get("crop_pct"),
+            "crop_mode": cfg.get("crop_mode", "center"), "input": "images", "outputs": ["logits"]}
+
+
+def onnx_sidecar(path: str | os.PathLike) -> Path:
+    """The JSON file written next to an ONNX export: ``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_onnx_metadata(path: str | os.PathLike, model: nn.Module) -> tuple[Path, Path]:
+    """Store :func:`onnx_metadata` in the ONNX file's ``metadata_props`` (one JSON string per key)
+    and as a JSON sidecar (:func:`onnx_sidecar`); both written atomically. (onnx path, sidecar path)."""
+    import json
+
+    onnx = require("onnx", "export", "ONNX export")
+    meta = onnx_metadata(model)
+    graph = onnx.load(str(path))
+    meta["outputs"] = [o.name for o in graph.graph.output]
+    known = {p.key for p in graph.metadata_props}
+    for key, value in meta.items():
+        text = json.dumps(value)
+        if key in known:
+            next(p for p in graph.metadata_props if p.key == key).value = text
+        else:
+            graph.metadata_props.add(key=key, value=text)
+    atomic_write(path, lambda tmp: onnx.save(graph, tmp))
+    sidecar = onnx_sidecar(path)
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return Path(path), sidecar
+
+
+HF_WEIGHTS = "model.safetensors"
+
+
+def _hf_architecture(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The registered name timm rebuilds the model from, and the keyword arguments it was built with."""
+    import timm
+
+    from .checkpoint import model_config
+
+    cfg = model_config(model)
+    name = cfg["name"]
+    if not timm.is_model(name):
+        raise ExportError(f"the hf format needs a model registered with timm; {name!r} is not (a <head><K>@<model> "
+                          "pattern model is rebuilt by gaheads.load: use --format safetensors)")
+    return name, dict(cfg.get("kwargs") or {})
+
+
+def export_hf(model: nn.Module, directory: str | os.PathLike, class_names: Sequence[str] | None = None) -> list[Path]:
+    """Write the Hugging Face / timm folder format: ``config.json`` + ``model.safetensors``.
+
+    ``config.json`` holds ``architecture`` (the registered name), ``num_classes``, ``num_features``,
+    ``pretrained_cfg`` (preprocessing, ``first_conv``, ``classifier``), ``model_args`` (how the model
+    was built) and ``label_names``; it is timm's own writer, so ``timm.models.push_to_hf_hub`` publishes
+    the same files and, after ``import gaheads``, ``timm.create_model("local-dir:DIR", pretrained=True)``
+    rebuilds the model with these weights.
+    """
+    require("huggingface_hub", "export", "the hf export format")
+    from timm.models._hub import save_for_hf
+
+    name, model_args = _hf_architecture(model)
+    directory = Path(directory)
+    model_config = {"label_names": list(class_names)} if class_names else {}
+    was_cfg = getattr(model, "pretrained_cfg", None)
+    # the saved cfg names where the weights came from only if they came from somewhere public
+    model.pretrained_cfg = {k: v for k, v in dict(was_cfg or {}).items() if k not in ("file", "source")}
+    try:
+        save_for_hf(model, str(directory), model_config=model_config, model_args=model_args,
+                    safe_serialization=True)
+    except Exception as e:
+        raise ExportError(f"hf export failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    finally:
+        model.pretrained_cfg = was_cfg
+    return [directory / "config.json", directory / HF_WEIGHTS]
+
+
+def timm_supports_local_dir() -> bool:
+    """Whether the installed timm resolves ``local-dir:`` model names (timm 1.0.9 does not)."""
+    import timm.models._hub as hub
+
+    return hasattr(hub, "load_model_config_from_path")
+
+
+def load_hf(directory: str | os.PathLike) -> nn.Module:
+    """The model of an hf folder, built by timm: ``local-dir:DIR`` where timm has it, else the
+    registered name from ``config.json`` with ``pretrained_cfg_overlay=dict(file=model.safetensors)``."""
+    import json
+
+    import timm
+
+    directory = Path(directory)
+    if timm_supports_local_dir():
+        return timm.create_model(f"local-dir:{directory}", pretrained=True)
+    cfg = json.loads((directory / "config.json").read_text())
+    return timm.create_model(cfg["architecture"], pretrained=True, num_classes=cfg.get("num_classes"),
+                             pretrained_cfg_overlay=dict(file=str(directory / HF_WEIGHTS)),
+                             **{k: v for k, v in cfg.get("model_args", {}).items() if k != "num_classes"})
+
+
+def check_hf(directory: str | os.PathLike, model: nn.Module,
+             batch_sizes: Sequence[int] = CHECK_BATCH_SIZES) -> float:
+    """Max |timm-loaded - PyTorch| ensemble and branch logits over the given batch sizes."""
+    loaded = load_hf(directory).eval()
+    model = model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for bs in batch_sizes:
+            x = example_images(model, bs).to(model_device(model))
+            got = loaded(x.to(model_device(loaded)), return_branches=True).to(x.device)
+            worst = max(worst, float((got - model(x, return_branches=True)).abs().max()))
     return worst

@@ -1,9 +1,10 @@
 """Using a trained model: read any common image as RGB, preprocess it the checkpoint's way, predict top-k.
 
 ``predict(model, images, topk)`` takes image paths, folders, PIL images or preprocessed
-tensors and returns one ``Prediction`` per image; an unreadable file gives a Prediction
-with ``error`` set instead of stopping the batch. Preprocessing is timm's eval transform
-built from ``model.data_config`` (what ``gaheads.load`` attaches), so it matches validation.
+tensors and returns one ``Prediction`` per image; an unreadable (or too large) file gives a
+Prediction with ``error`` set instead of stopping the batch. Reading and preprocessing are
+``gaheads.preprocess``'s (``open_image``/``to_rgb``, then ``eval_transform`` of the model's
+resolved data config), the same as validation's, so one image gives one input tensor in both.
 """
 
 from __future__ import annotations
@@ -14,60 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
+
+from .preprocess import ImageError, eval_transform, open_image, resolve_data_config, to_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".pnm"})
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 
-class ImageError(ValueError):
-    """An image file that cannot be read or decoded."""
-
-
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB.
-
-    - alpha (RGBA, LA, PA, P with a transparent colour): composited onto ``background``
-      (``convert('RGB')`` would expose whatever colour hides under transparent pixels);
-    - 16/32-bit grayscale (I;16*, I, F): rescaled to 0..255 (``convert`` would clip at 255);
-      I;16 by /257, I and F by their value range (0..1 floats x255, values above 255 as 16-bit);
-    - CMYK, YCbCr, LAB, HSV, 1, L, P: PIL's own conversion.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    if img.mode.startswith("I;16"):
-        arr = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        if img.mode == "F" and top <= 1.0:
-            arr = arr * 255.0
-        elif top > 255:
-            arr = arr / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    return img.convert("RGB")
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open, decode fully, apply the EXIF orientation and convert to RGB; ImageError names the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncated or corrupt data fails here, not inside the transform
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+# Reading and preprocessing live in gaheads.preprocess (one path for every command); these
+# names stay importable from here because callers of the inference API use them.
+load_image = open_image
+model_data_config = resolve_data_config
 
 
 def expand_paths(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None]]:
@@ -88,25 +50,6 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str
             yield str(p), None
         else:
             yield str(p), f"{p}: no such file or folder"
-
-
-def eval_transform(data_config: dict[str, Any]):
-    """timm's eval transform (resize, centre crop, normalise) for a model's ``data_config``."""
-    from timm.data import create_transform
-
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items() if k in keys}
-    return create_transform(is_training=False, **cfg)
-
-
-def model_data_config(model: nn.Module) -> dict[str, Any]:
-    """``model.data_config`` when the model came from a checkpoint, else timm's default for it."""
-    cfg = getattr(model, "data_config", None)
-    if cfg:
-        return dict(cfg)
-    from .checkpoint import data_config
-
-    return data_config(model)
 
 
 def class_name(model: nn.Module, index: int) -> str:
@@ -157,21 +100,43 @@ def _items(images: ImageInput | Sequence[ImageInput]) -> Iterator[tuple[str, Any
                 yield path, path, error
 
 
+def input_tensors(model: nn.Module, images: ImageInput | Sequence[ImageInput],
+                  max_pixels: int | None = None) -> Iterator[tuple[str, torch.Tensor | None, str | None]]:
+    """``predict``'s input path: per image (source, its (3, H, W) model input or None, error or None).
+
+    Files go through ``preprocess.open_image`` (``max_pixels``: its pixel limit), PIL images
+    through ``preprocess.to_rgb``, both then through the eval transform of the model's data config.
+    """
+    transform = eval_transform(model_data_config(model))
+    for source, item, error in _items(images):
+        if error is not None:
+            yield source, None, error
+        elif isinstance(item, torch.Tensor):
+            yield source, item.float(), None
+        else:
+            try:
+                img = open_image(item, max_pixels) if isinstance(item, str) else item
+            except ImageError as e:
+                yield source, None, str(e)
+                continue
+            yield source, transform(img), None
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: ImageInput | Sequence[ImageInput], topk: int = 5, batch_size: int = 32,
-            device: torch.device | str | None = None) -> list[Prediction]:
+            device: torch.device | str | None = None, max_pixels: int | None = None) -> list[Prediction]:
     """Top-k classes of images, one Prediction per image, in input order (folders expanded, sorted).
 
     images: paths, folders, PIL images (any mode) or preprocessed tensors (3, H, W) / (B, 3, H, W).
     Probabilities are the softmax of the ensemble logits (the mean of the K branch logits).
     Images are read and run ``batch_size`` at a time, so a folder never sits in memory at once.
+    ``max_pixels``: files with more pixels are refused (an ``error`` entry); None: PIL's limit.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    transform = eval_transform(model_data_config(model))
     results: list[Prediction] = []
     pending: list[tuple[Prediction, torch.Tensor]] = []
 
@@ -191,20 +156,11 @@ def predict(model: nn.Module, images: ImageInput | Sequence[ImageInput], topk: i
         pending.clear()
 
     try:
-        for source, item, error in _items(images):
+        for source, tensor, error in input_tensors(model, images, max_pixels):
             pred = Prediction(source, error=error)
             results.append(pred)
-            if error is not None:
+            if tensor is None:
                 continue
-            if isinstance(item, torch.Tensor):
-                tensor = item.float()
-            else:
-                try:
-                    img = load_image(item) if isinstance(item, str) else item
-                except ImageError as e:
-                    pred.error = str(e)
-                    continue
-                tensor = transform(img)
             pending.append((pred, tensor))
             if len(pending) == batch_size:
                 flush()

@@ -1,4 +1,4 @@
-"""The multi-head training loss, SPEC 1.5.
+"""The multi-head training loss.
 
     L = Σ_k task(logits_k, y) + λ · Σ_k KL(p̄ ‖ p_k)
 

@@ -1,4 +1,4 @@
-"""Compact Convolutional Transformer backbone (Hassani et al. 2021), SPEC 2.1.
+"""Compact Convolutional Transformer backbone (Hassani et al. 2021).
 
 timm has no CCT. The encoder layers are timm's ViT ``Block``; what is written here is the
 convolutional tokenizer and the assembly. ``forward_features`` returns the final-normed
@@ -7,9 +7,12 @@ tokens (B, N, C); any head of ``gaheads.heads`` turns them into logits.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.models import checkpoint_seq, register_notrace_function
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 
@@ -22,6 +25,21 @@ def init_transformer_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+class PassThroughAttention(Attention):
+    """Self-attention that returns its input (the LN1 output) unchanged; qkv/proj are kept but unused.
+
+    A research-code artefact: the released SG ablation's encoder attention did this, so its
+    encoder layers computed ``x + drop_path(LN1(x))`` followed by the MLP. Only for reproducing
+    that published row; its qkv/proj weights get no gradient (DDP needs ``find_unused_parameters``).
+    """
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        return x
+
+
+ENCODER_ATTENTION = {"softmax": Attention, "identity": PassThroughAttention}
 
 
 class ConvTokenizer(nn.Module):
@@ -47,6 +65,23 @@ class ConvTokenizer(nn.Module):
         return self.layers(x).flatten(2).transpose(1, 2)
 
 
+def attention_layer(kind: str) -> type[nn.Module]:
+    """The encoder's attention class for ``kind`` (``"softmax"`` or ``"identity"``)."""
+    try:
+        return ENCODER_ATTENTION[kind]
+    except KeyError:
+        raise ValueError(f"encoder_attention must be one of {sorted(ENCODER_ATTENTION)}, got {kind!r}") from None
+
+
+@register_notrace_function  # a data-dependent check: an FX leaf
+def add_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, C) + the (1, N, C) positional embedding; a clear error when N does not match."""
+    if x.shape[1] != pos_embed.shape[1]:
+        raise ValueError(f"input gives {x.shape[1]} tokens but the model was built for "
+                         f"{pos_embed.shape[1]} (img_size); build it with the matching img_size")
+    return x + pos_embed
+
+
 class CCT(nn.Module):
     """CCT-L/kxn backbone: conv tokenizer, learned positional embedding, L pre-norm encoder layers.
 
@@ -55,11 +90,16 @@ class CCT(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio: the transformer's width, layers, heads, MLP ratio.
         kernel_size, num_conv_layers: the tokenizer's k and n.
         attn_drop_rate: attention dropout (0.1); drop_path_rate: stochastic depth, linear over layers.
+        norm_eps: every LayerNorm's eps; 1e-5 (``nn.LayerNorm``'s default, as CCT and both research
+            releases use; timm's ``Block`` would default to 1e-6).
+        encoder_attention: ``"softmax"`` (real self-attention) or ``"identity"``
+            (:class:`PassThroughAttention`, the released SG ablation's encoder).
     """
 
     def __init__(self, img_size: int = 32, in_chans: int = 3, embed_dim: int = 256, depth: int = 7,
                  num_heads: int = 4, mlp_ratio: float = 2.0, kernel_size: int = 3, num_conv_layers: int = 1,
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.1, drop_path_rate: float = 0.1) -> None:
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.1, drop_path_rate: float = 0.1,
+                 norm_eps: float = 1e-5, encoder_attention: str = "softmax") -> None:
         super().__init__()
         self.embed_dim = self.num_features = embed_dim
         self.tokenizer = ConvTokenizer(in_chans, embed_dim, kernel_size, num_conv_layers)
@@ -67,11 +107,13 @@ class CCT(nn.Module):
         self.grid_size = (side, side)
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # device: works under a meta context
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=False, attn_drop=attn_drop_rate,
+                  norm_layer=partial(nn.LayerNorm, eps=norm_eps), attn_layer=attention_layer(encoder_attention),
                   drop_path=dpr[i]) for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.grad_checkpointing = False
         trunc_normal_(self.pos_embed, std=0.2)
         self.apply(self._init_weights)
 
@@ -86,11 +128,9 @@ class CCT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> tokens (B, N, C)."""
-        x = self.tokenizer(x)
-        if x.shape[1] != self.pos_embed.shape[1]:
-            raise ValueError(f"input gives {x.shape[1]} tokens but the model was built for "
-                             f"{self.pos_embed.shape[1]} (img_size); build it with the matching img_size")
-        x = self.pos_drop(x + self.pos_embed)
+        x = self.pos_drop(add_pos_embed(self.tokenizer(x), self.pos_embed))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.norm(checkpoint_seq(self.blocks, x))
         return self.norm(self.blocks(x))
 
     forward = forward_features

@@ -13,10 +13,13 @@ returns channels-first maps for the multi-scale GA models.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp
+from timm.models import register_notrace_module
 from torch import nn
 
 from .cct import init_transformer_weights
@@ -90,6 +93,7 @@ def cross_shaped_attention(qkv: torch.Tensor, num_heads: int, stripe: int, lepe:
     return torch.cat([vertical, horizontal], dim=-1)
 
 
+@register_notrace_module  # stripe checks on the map size: an FX leaf
 class CSWinBlock(nn.Module):
     """Pre-norm CSWin block on (B, H, W, C): x + proj(CSWinAttn(LN(x))), then x + MLP(LN(x))."""
 
@@ -188,10 +192,27 @@ class CSWin(nn.Module):
                 CSWinBlock(self.dims[i], num_heads[i], stripes[i], mlp_ratio, global_attn=last,
                            drop_path=dpr[start + j]) for j in range(depth)]))
         every = self.depths[2] // (num_intermediates + 1)
-        self.intermediates = {every * i for i in range(1, num_intermediates + 1)}  # blocks n, 2n, …, a·n
+        self.intermediates = [every * i for i in range(1, num_intermediates + 1)]  # blocks n, 2n, …, a·n
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"stages.{i}") for i, d in enumerate(self.dims)]
         self.pyramid_dims = self.dims[:2] + [self.dims[2]] * (num_intermediates + 1) + self.dims[3:]
         self.num_features = self.dims[-1]
         self.apply(init_transformer_weights)
+
+    levels_channels_last = True
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        if coarse:
+            return dict(stem=r"^stem", blocks=[(r"^(?:merges|stages)\.(\d+)", None)])
+        return dict(stem=r"^stem", blocks=[(r"^merges\.(\d+)", None), (r"^stages\.(\d+)\.(\d+)", None)])
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image (B, 3, H, W) -> channels-first maps [stage0, stage1, stage2 intermediates…, stage2, stage3]."""
@@ -201,17 +222,24 @@ class CSWin(nn.Module):
             if i:
                 x = self.merges[i - 1](x)
             for j, block in enumerate(stage, start=1):
-                x = block(x)
+                x = self._block(block, x)
                 if i == 2 and j in self.intermediates:
                     out.append(x.permute(0, 3, 1, 2))
             out.append(x.permute(0, 3, 1, 2))
         return out
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image -> last-stage map, channels-last (B, H/32, W/32, C)."""
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image -> (last-stage map, the four stage outputs), all channels-last (B, h, w, C)."""
         x = self.stem(x)
+        levels = []
         for i, stage in enumerate(self.stages):
             if i:
                 x = self.merges[i - 1](x)
-            x = stage(x)
-        return x
+            for block in stage:
+                x = self._block(block, x)
+            levels.append(x)
+        return x, levels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> last-stage map, channels-last (B, H/32, W/32, C)."""
+        return self.forward_levels(x)[0]

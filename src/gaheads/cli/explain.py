@@ -12,9 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..attention_maps import ExplainError, describe, explain
-from ..checkpoint import CheckpointError, load
-from ..inference import ImageError
 from . import add_checkpoint_args
 
 
@@ -29,10 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    # the model stack loads only now, so --help answers at once
+    from ..attention_maps import ExplainError, describe, explain
+    from ..checkpoint import CheckpointError, StorageError, as_storage_error, load
+    from ..inference import ImageError
+
     output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_explain.png")
     try:
         model = load(args.checkpoint, use_ema=not args.no_ema)
-        result = explain(model, args.image, output)
+        try:
+            result = explain(model, args.image, output)
+        except OSError as e:  # the image was read (ImageError otherwise): a fault writing the PNG
+            raise as_storage_error(e, output) from e
+    except StorageError as e:
+        print(f"gaheads explain: {e}", file=sys.stderr)
+        return e.exit_code
     except (CheckpointError, ExplainError, ImageError, OSError) as e:
         print(f"gaheads explain: {e}", file=sys.stderr)
         return 2

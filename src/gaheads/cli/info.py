@@ -7,14 +7,12 @@ import json
 import sys
 from typing import Any
 
-import torch
-
-from ..flops import count_macs, count_params
-from ..models.factory import UnknownModelError, create_model
-
 
 def model_info(name: str, num_classes: int | None = None, img_size: int | None = None) -> dict[str, Any]:
     """Parameters (total, backbone, heads), GMACs at batch 1, branch count and input size of a model."""
+    from ..flops import count_macs, count_params
+    from ..models.factory import create_model
+
     model = create_model(name, num_classes=num_classes, img_size=img_size)
     input_size = tuple(model.pretrained_cfg["input_size"])
     if img_size is not None:
@@ -34,6 +32,8 @@ def model_info(name: str, num_classes: int | None = None, img_size: int | None =
 
 INFO_COLUMNS = [("model", "model"), ("params", "params"), ("backbone", "backbone_params"), ("heads", "head_params"),
                 ("GMACs", "gmacs"), ("branches", "branches"), ("classes", "num_classes"), ("input", "input_size")]
+LIST_COLUMNS = [("model", "model"), ("head", "head"), ("branches", "branches"), ("params", "params"),
+                ("GMACs", "gmacs"), ("input", "input_size"), ("classes", "num_classes")]
 PAPER_COLUMNS = [("row", "group"), ("model", "model"), ("published row", "published"), ("seed alias", "seed_alias"),
                  ("paper params (M)", "paper_params_m"), ("paper GFLOPs", "paper_gflops"),
                  ("ref params", "ref_params"), ("ref GMACs", "ref_gmacs"), ("our params", "params"),
@@ -43,6 +43,7 @@ PAPER_COLUMNS = [("row", "group"), ("model", "model"), ("published row", "publis
 
 def select_paper_rows(models: list[str] | None = None) -> list[tuple[str, Any]]:
     """(group, PublishedRow) pairs: all of them, or those whose model or seed alias is in ``models``."""
+    from ..models.factory import UnknownModelError
     from ..models.zoo import BASELINE_ROWS, GA_ROWS
 
     table = [("GA", r) for r in GA_ROWS] + [("baseline", r) for r in BASELINE_ROWS]
@@ -60,7 +61,7 @@ def paper_rows(models: list[str] | None = None) -> list[dict[str, Any]]:
     """The GA paper's Table 3 rows and the baselines with our counts (1000 classes, 224x224).
 
     ``params_diff_pct`` / ``gmacs_diff_pct`` compare ours with the research code's measured
-    figures where SPEC gives them ("ref"), else with the paper's printed ones ("paper").
+    figures where they were measured ("ref"), else with the paper's printed ones ("paper").
     """
     rows = []
     for group, row in select_paper_rows(models):
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--paper", action="store_true", help="the GA paper's Table 3 and baselines (params, GFLOPs) "
                    "side by side with ours, at 1000 classes and 224x224")
+    p.epilog = "With no MODEL: the registered models, as gaheads models lists them."
     return p
 
 
@@ -114,9 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.paper:
         return _main_paper(args)
-    if not args.models:
-        print("gaheads info: name at least one MODEL (or use --paper)", file=sys.stderr)
-        return 2
+    if not args.models:  # nothing to build: the registered models, from the table (gaheads models)
+        from ..zoo_table import load_table
+
+        print("gaheads info: no MODEL named; the registered models follow (gaheads models [PATTERN]; "
+              "gaheads info MODEL... builds and counts them)", file=sys.stderr)
+        rows = load_table()
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows, LIST_COLUMNS, text_cols=2))
+        return 0
+    import torch
+
+    from ..models.factory import UnknownModelError
+
     rows = []
     for name in args.models:
         try:
@@ -134,6 +145,10 @@ def _main_paper(args: argparse.Namespace) -> int:
         print("gaheads info: --paper compares at 1000 classes and 224x224; drop --num-classes/--img-size",
               file=sys.stderr)
         return 2
+    import torch
+
+    from ..models.factory import UnknownModelError
+
     try:
         with torch.no_grad():
             rows = paper_rows(args.models)

@@ -25,3 +25,7 @@ class DataError(ValueError):
 
 class BadImageWarning(UserWarning):
     """An image file could not be decoded and was replaced by another sample."""
+
+
+class LinkLoopWarning(UserWarning):
+    """Symlinked folders inside an ImageFolder were left out because they lead to a folder already scanned."""

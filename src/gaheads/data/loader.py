@@ -165,8 +165,11 @@ def create_sampler(dataset: Dataset, batch_size: int, is_training: bool, num_rep
     Evaluation: sequential, strided across ranks without padding.
     """
     if is_training and num_repeats and num_repeats > 0:
+        # rounding to 256 only from 256 images on: timm before 1.0.20 rounded a smaller dataset
+        # down to an epoch of zero samples
         inner: Sampler[int] = RepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
-                                               num_repeats=num_repeats)
+                                               num_repeats=num_repeats,
+                                               selected_round=256 if len(dataset) >= 256 else 0)
     elif is_training:
         # seed=0: the (seed, epoch) mix reaches it through set_epoch
         inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=0,

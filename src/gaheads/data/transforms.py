@@ -10,10 +10,11 @@ from PIL import Image
 from timm.data import auto_augment
 from timm.data import create_transform as timm_create_transform
 
+from ..preprocess import DATA_CONFIG_KEYS as _CONFIG_KEYS
+from ..preprocess import eval_transform
 from .errors import DataError
 
 _TIMM_ARGS = frozenset(inspect.signature(timm_create_transform).parameters) - {"is_training"}
-_CONFIG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
 
 
 def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **kw: Any) -> Image.Image:
@@ -48,7 +49,8 @@ def create_transform(data_config: Mapping[str, Any], is_training: bool, **aug: A
     ``aug`` takes timm's augmentation arguments (scale, ratio, hflip, vflip, auto_augment,
     color_jitter, re_prob, re_mode, re_count, ...) plus ``train_interpolation``, which as in
     timm's loader replaces the config's interpolation for training ('random' picks one per
-    image). Eval transforms ignore the augmentation arguments, as timm's do.
+    image). Eval transforms ignore the augmentation arguments, as timm's do, and are
+    ``gaheads.preprocess.eval_transform``, the one predict, explain and validate use.
     """
     aug = dict(aug)
     train_interpolation = aug.pop("train_interpolation", None)
@@ -58,6 +60,8 @@ def create_transform(data_config: Mapping[str, Any], is_training: bool, **aug: A
                         f"{', '.join(sorted(_TIMM_ARGS))})")
     if "input_size" not in data_config:
         raise DataError(f"data config has no input_size (expected keys {', '.join(_CONFIG_KEYS)})")
+    if not is_training:
+        return eval_transform(data_config)
     kwargs = {k: data_config[k] for k in _CONFIG_KEYS if data_config.get(k) is not None}
     if is_training and train_interpolation:
         kwargs["interpolation"] = train_interpolation

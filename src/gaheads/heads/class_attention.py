@@ -1,4 +1,4 @@
-"""K-branch LayerScale class-attention block (CaiT), SPEC 1.1.
+"""K-branch LayerScale class-attention block (CaiT).
 
 Per branch k, with query token q_k (B, 1, C) and the shared tokens X (B, N, C):
     u   = concat(q_k, X)                                   (B, 1+N, C)
@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import register_notrace_module
 from torch import nn
 
 from .common import BranchLayerNorm, BranchLinear, token_linear
 
 
+@register_notrace_module  # device-dependent fast path (``token_linear``): an FX leaf
 class ClassAttentionBlock(nn.Module):
     """K independent class-attention blocks sharing one token sequence.
 
@@ -47,6 +49,7 @@ class ClassAttentionBlock(nn.Module):
         self.fc1 = BranchLinear(dim, hidden, k, groups=mlp_groups)
         self.fc2 = BranchLinear(hidden, dim, k, groups=mlp_groups)
         self.gamma2 = nn.Parameter(torch.full((k, dim), ls_init))
+        self.cpu_convolutions = True  # the 1x1-convolution fast path for the keys/values on CPU
         trunc_normal_(self.q, std=0.02)
         trunc_normal_(self.kv, std=0.02)
 
@@ -67,7 +70,7 @@ class ClassAttentionBlock(nn.Module):
         kv_w = self.norm1.weight[:, :, None] * self.kv  # (K, C, 2e)
         v_bias = torch.einsum("kc,kce->ke", self.norm1.bias, self.kv[..., e:])  # (K, e)
         x_hat = F.layer_norm(x, (c,), eps=self.norm1.eps)
-        kv_tok = token_linear(x_hat, kv_w.permute(0, 2, 1).reshape(k * 2 * e, c))  # (B, N, K·2e)
+        kv_tok = token_linear(x_hat, kv_w.permute(0, 2, 1).reshape(k * 2 * e, c), self.cpu_convolutions)  # (B, N, K·2e)
         k_tok, v_tok = kv_tok.view(b, n, k, 2, h, e // h).unbind(3)  # (B, N, K, h, e/h)
 
         q_hat = F.layer_norm(q, (c,), eps=self.norm1.eps)  # the query token is the first row of u
@@ -90,9 +93,10 @@ class ClassAttentionBlock(nn.Module):
         y = y.view(b, k, -1, self.mlp_groups).transpose(-1, -2).reshape(b, k, -1)
         return self.fc2(y)
 
-    def forward(self, q: torch.Tensor, x: torch.Tensor, return_attn: bool = False):
-        """q: (B, K, C) query tokens, x: (B, N, C) tokens -> updated queries (B, K, C)."""
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: (B, K, C) query tokens, x: (B, N, C) tokens -> updated queries (B, K, C) and the
+        attention weights (B, K, heads, 1+N)."""
         attn_out, attn = self.attention(q, x)
         q = torch.addcmul(q, self.gamma1, attn_out)  # q + γ1·CA(LN1(u))
         q = torch.addcmul(q, self.gamma2, self.mlp(q))  # q + γ2·MLP(LN2(q))
-        return (q, attn) if return_attn else q
+        return q, attn

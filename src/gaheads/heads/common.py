@@ -9,7 +9,9 @@ On CPU the large per-token products run as 1x1 convolutions over a channels-last
 token matrix instead of as matmuls: torch sends float32 matmuls to MKL's sgemm and 1x1
 convolutions to oneDNN, and on the 2-core AMD EPYC we benchmark on oneDNN does these shapes in
 half the time (docs/benchmarks.md). Both compute the same sums; only the summation order
-differs. On other devices they stay matmuls.
+differs. On other devices they stay matmuls. Each module that has a fast path carries a
+``cpu_convolutions`` flag (default True); :func:`set_cpu_convolutions` switches a whole model
+to the matmul path that other devices take.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import math
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import register_notrace_function, register_notrace_module
 from torch import nn
 
 
+@register_notrace_function  # branches on the input's rank: an FX leaf
 def to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """Accept a feature map (B, C, H, W) or tokens (B, N, C); return tokens (B, N, C) and (H, W).
 
@@ -34,18 +38,26 @@ def to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         return x.flatten(2).transpose(1, 2), (h, w)
     if x.ndim == 3:
         n = x.shape[1]
-        side = math.isqrt(n)
-        return x, ((side, side) if side * side == n else (1, n))
-    raise ValueError(f"heads take a (B, C, H, W) feature map or (B, N, C) tokens, got shape {tuple(x.shape)}")
+        side = int(math.sqrt(n) + 0.5)  # exact for any token count a model has (math.isqrt does not script)
+        if side * side == n:
+            return x, (side, side)
+        return x, (1, n)
+    raise ValueError("heads take a (B, C, H, W) feature map or (B, N, C) tokens")
 
 
-# False sends CPU tensors down the matmul path that other devices take (the tests run both paths)
-CPU_CONVOLUTIONS = True
+def use_conv(x: torch.Tensor, enabled: bool = True) -> bool:
+    """Whether the per-token products of ``x`` run as 1x1 convolutions: ``enabled`` (a module's
+    ``cpu_convolutions`` flag) and ``x`` on CPU (see the module doc)."""
+    return enabled and x.is_cpu
 
 
-def use_conv(x: torch.Tensor) -> bool:
-    """Whether the per-token products of ``x`` run as 1x1 convolutions (on CPU, see the module doc)."""
-    return CPU_CONVOLUTIONS and x.device.type == "cpu"
+def set_cpu_convolutions(model: nn.Module, enabled: bool) -> nn.Module:
+    """Set ``cpu_convolutions`` on every module of ``model`` that has the flag; False makes CPU run
+    the matmul formulation that other devices take. Returns ``model``."""
+    for m in model.modules():
+        if hasattr(m, "cpu_convolutions"):
+            m.cpu_convolutions = enabled
+    return model
 
 
 def rows_as_image(x: torch.Tensor) -> torch.Tensor:
@@ -65,19 +77,21 @@ def image_as_rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(s * m, c)
 
 
-def token_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def token_linear(x: torch.Tensor, weight: torch.Tensor, cpu_convolutions: bool = True) -> torch.Tensor:
     """x Wᵀ for tokens x (B, N, I) and weight (O, I) -> (B, N, O), no bias.
 
-    On CPU a 1x1 convolution over the (B, I, N, 1) view of x (channels-last for contiguous
-    tokens, channels-first for the tokens of a channels-first map; no copy either way).
+    On CPU (with ``cpu_convolutions``) a 1x1 convolution over the (B, I, N, 1) view of x
+    (channels-last for contiguous tokens, channels-first for the tokens of a channels-first map;
+    no copy either way).
     """
-    if not use_conv(x):
+    if not use_conv(x, cpu_convolutions):
         return torch.matmul(x, weight.t())
     b, n, i = x.shape
     y = F.conv2d(x.reshape(b, n, 1, i).permute(0, 3, 1, 2), weight[:, :, None, None])
     return y.permute(0, 2, 3, 1).reshape(b, n, -1)
 
 
+@register_notrace_module  # device-dependent fast path: an FX leaf
 class BranchLinear(nn.Module):
     """K independent Linear(in_features -> out_features) layers, optionally grouped.
 
@@ -99,21 +113,23 @@ class BranchLinear(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(num_branches, groups, out_features // groups, in_features // groups))
         self.bias = nn.Parameter(torch.zeros(num_branches, out_features)) if bias else None
+        self.cpu_convolutions = True
+        self.conv_min_rows = type(self).conv_min_rows  # an instance attribute: TorchScript reads those
         trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k, _ = x.shape
-        if use_conv(x) and self.groups == 1 and b >= self.conv_min_rows:
+        bias = self.bias
+        if use_conv(x, self.cpu_convolutions) and self.groups == 1 and b >= self.conv_min_rows:
             # many rows (the B·H·W tokens of a gram layer): one conv with K groups, see the module doc
             w = self.weight.reshape(k * self.out_features, self.in_features, 1, 1)
-            bias = None if self.bias is None else self.bias.reshape(-1)
-            y = F.conv2d(rows_as_image(x.reshape(b, -1)), w, bias, groups=k)
+            y = F.conv2d(rows_as_image(x.reshape(b, -1)), w, None if bias is None else bias.reshape(-1), groups=k)
             return image_as_rows(y).view(b, k, self.out_features)
         # one batched matmul over the K·g (branch, group) pairs, on views: (K·g, B, in/g) x (K·g, in/g, out/g)
         kg = k * self.groups
         xs = x.reshape(b, kg, -1).transpose(0, 1)
         w = self.weight.reshape(kg, -1, self.weight.shape[-1]).transpose(1, 2)
-        y = torch.bmm(xs, w) if self.bias is None else torch.baddbmm(self.bias.view(kg, 1, -1), xs, w)
+        y = torch.bmm(xs, w) if bias is None else torch.baddbmm(bias.view(kg, 1, -1), xs, w)
         return y.transpose(0, 1).reshape(b, k, self.out_features)
 
     def extra_repr(self) -> str:
@@ -134,6 +150,7 @@ class BranchLayerNorm(nn.Module):
         return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
 
 
+@register_notrace_module
 class BranchTokenProjection(nn.Module):
     """K grouped 1x1 convs applied to shared tokens: (B, N, C) -> (B, K, out, N).
 
@@ -149,12 +166,13 @@ class BranchTokenProjection(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(num_branches, groups, out_features // groups, in_features // groups))
         self.bias = nn.Parameter(torch.zeros(num_branches, out_features))
+        self.cpu_convolutions = True
         trunc_normal_(self.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, _ = tokens.shape
         k, g, o, i = self.weight.shape
-        if use_conv(tokens) and (g == 1 or tokens.stride(-1) != 1):
+        if use_conv(tokens, self.cpu_convolutions) and (g == 1 or tokens.stride(-1) != 1):
             # one convolution with g groups over the (B, C, N, 1) view of the tokens, output channels
             # running (group, branch, out/g); for the tokens of a channels-first map that view is
             # channels-first and so is the output: with g = 1 it already is (B, K, d, N)
@@ -196,23 +214,46 @@ class _SymmetricGram(torch.autograd.Function):
         return torch.matmul(grad + grad.transpose(-1, -2), z)
 
 
+@torch.jit.unused
+def _symmetric_gram(z: torch.Tensor) -> torch.Tensor:
+    """Z Zᵀ with the one-matmul backward (eager autograd only; TorchScript compiles a stub)."""
+    return _SymmetricGram.apply(z)
+
+
+def _gram_triangle(xc: torch.Tensor, height: int, tri_index: torch.Tensor) -> torch.Tensor:
+    n = xc.shape[-1]
+    z = xc.to(torch.promote_types(xc.dtype, torch.float32))
+    # the custom backward only matters with grad; the plain matmul (same values) keeps tracing,
+    # scripting and torch.export to ordinary graph ops
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or not z.requires_grad:
+        gram = torch.matmul(z, z.transpose(-1, -2))  # (B, K, d, d)
+    else:
+        gram = _symmetric_gram(z)
+    vec = gram.flatten(-2).index_select(-1, tri_index)  # gather the triangle; no second d*d copy
+    return F.normalize(vec * (1.0 / (height * height * n)), dim=-1, eps=1e-12)
+
+
+@torch.jit.unused
+def _gram_triangle_fp32(xc: torch.Tensor, height: int, tri_index: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(device_type=xc.device.type, enabled=False):
+        return _gram_triangle(xc, height, tri_index)
+
+
+@register_notrace_function
 def gram_vector(xc: torch.Tensor, height: int, tri_index: torch.Tensor) -> torch.Tensor:
-    """Normalised gram vector of contracted features, SPEC 1.2 step 3.
+    """Normalised gram vector of contracted features (step 3 of a GA branch).
 
     xc: (B, K, d, N) contracted features of each branch; returns (B, K, d(d+1)/2) in float32
     (float64 for float64 input). Z = X'/H, G = Z Zᵀ / N; the upper triangle (i <= j, row-major)
     L2-normalised per sample. Computed in at least float32, also under autocast: bf16/fp16
     squares overflow or lose the small entries, while float32 holds |X'| up to ~1e17. The scale
     1/(H²N) is applied to the d(d+1)/2 triangle rather than to the d×N map (fewer elements;
-    same values up to rounding).
+    same values up to rounding). (TorchScript has no autocast: a scripted model computes it
+    in float32 directly.)
     """
-    n = xc.shape[-1]
-    with torch.autocast(device_type=xc.device.type, enabled=False):
-        z = xc.to(torch.promote_types(xc.dtype, torch.float32))
-        # the custom backward only matters with grad; plain matmul (same values) keeps jit.trace/export working
-        gram = _SymmetricGram.apply(z) if z.requires_grad else torch.matmul(z, z.transpose(-1, -2))  # (B, K, d, d)
-        vec = gram.flatten(-2).index_select(-1, tri_index)  # gather the triangle; no second d*d copy
-        return F.normalize(vec * (1.0 / (height * height * n)), dim=-1, eps=1e-12)
+    if torch.jit.is_scripting() or xc.is_meta:  # no autocast on meta tensors (shape-only runs)
+        return _gram_triangle(xc, height, tri_index)
+    return _gram_triangle_fp32(xc, height, tri_index)
 
 
 def branch_classifier(dim: int, num_classes: int, num_branches: int) -> nn.Module:
@@ -235,12 +276,22 @@ class MultiBranchHead(nn.Module):
         self.dim, self.num_classes, self.num_branches = dim, num_classes, num_branches
         self.classifier = branch_classifier(dim, num_classes, num_branches)
 
-    def pool(self, x: torch.Tensor, return_attn: bool = False):
+    def pool_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x -> branch embeddings (B, K, C) and class-attention weights (B, K, heads, 1+N) or None."""
         raise NotImplementedError
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """x -> branch embeddings (B, K, C)."""
+        return self.pool_with_attention(x)[0]
+
     def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier on the device and dtype of the head's parameters, in the head's train/eval mode."""
+        ref = next(iter(self.parameters()), None)
         self.num_classes = num_classes
         self.classifier = branch_classifier(self.dim, num_classes, self.num_branches)
+        if ref is not None:
+            self.classifier.to(device=ref.device, dtype=ref.dtype)
+        self.classifier.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """x: (B, C, H, W) or (B, N, C) -> (B, K, num_classes) per-branch logits."""
@@ -249,5 +300,5 @@ class MultiBranchHead(nn.Module):
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-branch logits and class-attention weights (B, K, heads, 1+N), or None for heads without."""
-        z, attn = self.pool(x, return_attn=True)
+        z, attn = self.pool_with_attention(x)
         return self.classifier(z), attn

@@ -1,4 +1,4 @@
-"""Gramian attention (GA) head, SPEC 1.2, and its SG ablation ("simple gram"), SPEC 1.4."""
+"""Gramian attention (GA) head and its SG ablation ("simple gram")."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from torch import nn
 
 from .class_attention import ClassAttentionBlock
 from .common import BranchLinear, BranchTokenProjection, MultiBranchHead, gram_triangle_index, gram_vector, to_tokens
+
+# torch.fx: keep to_tokens (it branches on the input rank) a leaf where the heads call it
+torch.fx.wrap("to_tokens")
 
 
 class GramEmbedding(nn.Module):
@@ -62,9 +65,10 @@ class GramAttentionHead(MultiBranchHead):
         self.query = GramEmbedding(dim, num_branches, gram_dim, contraction_groups, embed_groups, gram_layer)
         self.block = ClassAttentionBlock(dim, num_branches, attn_dim or dim // 4, mlp_groups, num_heads)
 
-    def pool(self, x: torch.Tensor, return_attn: bool = False):
+    def pool_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens, hw = to_tokens(x)
-        return self.block(self.query(tokens, hw), tokens, return_attn=return_attn)
+        q, attn = self.block(self.query(tokens, hw), tokens)
+        return q, attn
 
 
 class SimpleGramHead(MultiBranchHead):
@@ -75,7 +79,6 @@ class SimpleGramHead(MultiBranchHead):
         super().__init__(dim, num_classes, num_branches)
         self.query = GramEmbedding(dim, num_branches, gram_dim, contraction_groups, embed_groups, gram_layer)
 
-    def pool(self, x: torch.Tensor, return_attn: bool = False):
+    def pool_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens, hw = to_tokens(x)
-        z = self.query(tokens, hw)
-        return (z, None) if return_attn else z
+        return self.query(tokens, hw), None

@@ -1,4 +1,4 @@
-"""CSWin classifiers (``cswin_tiny_224``, ``cswin_small_224``) and GA-CSWin T/S (SPEC 2.3).
+"""CSWin classifiers (``cswin_tiny_224``, ``cswin_small_224``) and GA-CSWin T/S.
 
 GA-CSWin follows the GA-ConvNeXt pattern: a deep 3-conv stem, the four CSWin stages,
 multi-scale aggregation at stage 2's resolution (14x14 at 224) into a fifth CSWin stage of
@@ -10,16 +10,18 @@ see the README's model zoo) is in ``GA_CSWIN_ARCHS``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..backbones.cct import init_transformer_weights
 from ..backbones.cswin import CSWin, CSWinBlock
 from ..heads import GramAttentionHead
-from .base import MultiHeadModel
+from .base import MultiHeadModel, prefix_matcher, to_output_fmt
 from .gram_layers import BranchCSWinBlock
 from .multiscale import aggregate
 from .registry import make_cfg, register
@@ -41,17 +43,22 @@ SEED_ALIASES = {"ga_CSWin_64_12211_tiny_224": "ga_cswin_tiny_224", "ga_CSWin_64_
 class CSWinTransformer(nn.Module):
     """Plain CSWin classifier: :class:`CSWin` (7x7 patch stem) -> LayerNorm -> token mean -> Linear.
 
-    ``forward_features``: (B, H/32, W/32, C) channels-last, normed.
+    ``forward_features``: (B, H/32, W/32, C) channels-last (timm's ``NHWC``), normed.
     """
+
+    output_fmt = "NHWC"
 
     def __init__(self, depths: Sequence[int] = (1, 2, 21, 1), num_classes: int = 1000, in_chans: int = 3,
                  embed_dim: int = 64, num_heads: Sequence[int] = (2, 4, 8, 16), stripes: Sequence[int] = (1, 2, 7, 7),
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 img_size: int | None = None) -> None:
+                 img_size: int | None = None, global_pool: str = "avg") -> None:
         super().__init__()
         self.backbone = CSWin(in_chans, embed_dim, depths, num_heads, stripes, mlp_ratio, stem="patch",
                               drop_path_rate=drop_path_rate)
         self.num_classes, self.num_features = num_classes, self.backbone.num_features
+        self.head_hidden_size, self.in_chans = self.num_features, in_chans
+        self.global_pool = global_pool
+        self.feature_info = [dict(f, module=f"backbone.{f['module']}") for f in self.backbone.feature_info]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
@@ -62,18 +69,46 @@ class CSWinTransformer(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh Linear (Identity for 0) on the model's device and dtype; ``global_pool``: "avg" or ""."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = self.norm.weight
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes else nn.Identity()
         self._init_head()
+        self.head.train(self.training)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        matcher = prefix_matcher(self.backbone.group_matcher(coarse), "backbone.")
+        return dict(matcher, blocks=matcher["blocks"] + [(r"^norm", (99999,))])
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's intermediate-features API over the four stages (see ``MultiHeadModel.forward_intermediates``)."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        final, levels = self.backbone.forward_levels(x)
+        picked = [to_output_fmt(levels[i], True, output_fmt) for i in take]
+        return picked if intermediates_only else (self.norm(final), picked)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.backbone.forward_features(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x
         x = self.head_drop(x.mean(dim=(1, 2)))
         return x if pre_logits else self.head(x)
 
@@ -103,16 +138,36 @@ class MultiScaleCSWin(nn.Module):
                                       for p in dpr])
         self.norm = nn.LayerNorm(fifth_dim)
         self.num_features = fifth_dim
+        self.feature_info = [dict(f, module=f"trunk.{f['module']}") for f in self.trunk.feature_info]
         trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         for m in self.blocks.modules():
             init_transformer_weights(m)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
+    levels_channels_last = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        matcher = prefix_matcher(self.trunk.group_matcher(coarse), "trunk.")
+        return dict(matcher, blocks=matcher["blocks"] + [(r"^(?:proj|blocks|norm)", (99999,))])
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image -> (X, the trunk's four stage outputs (B, C, h, w))."""
         pyramid = self.trunk.forward_pyramid(x)
+        return self._neck(pyramid), pyramid[:2] + pyramid[-2:]
+
+    def _neck(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         x = self.proj(aggregate(pyramid, pyramid[-2].shape[-2:])).permute(0, 2, 3, 1)
         return self.norm(self.blocks(self.proj_norm(x))).permute(0, 3, 1, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
+        return self._neck(self.trunk.forward_pyramid(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
 
 
 class GACSWin(MultiHeadModel):
@@ -134,16 +189,19 @@ class GACSWin(MultiHeadModel):
                  img_size: int | None = None) -> None:
         backbone = MultiScaleCSWin(depths, num_intermediates, fifth_dim, fifth_depth, in_chans,
                                    drop_path_rate=drop_path_rate)
-        gram_layer = BranchCSWinBlock(gram_dim, num_branches, gram_heads or gram_dim // 32, stripe=7)
+        gram_layer = BranchCSWinBlock(gram_dim, num_branches, gram_heads or gram_dim // 32, stripe=7,
+                                      drop_path=drop_path_rate)  # the full rate, as released
         head = GramAttentionHead(fifth_dim, num_classes, num_branches, gram_dim=gram_dim,
                                  contraction_groups=contraction_groups, embed_groups=embed_groups, attn_dim=attn_dim,
                                  mlp_groups=mlp_groups, gram_layer=gram_layer)
-        super().__init__(backbone, head)
+        super().__init__(backbone, head, in_chans)
 
 
 def _register_all() -> None:
-    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000)
-    plain_cfg = {**cfg, "classifier": "head"}
+    # at 112 (the smallest size whose stage-2 map is a multiple of the stripe width 7) every stage works
+    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000,
+                   first_conv="backbone.trunk.stem.convs.0", pool_size=(14, 14), min_input_size=(3, 112, 112))
+    plain_cfg = {**cfg, "classifier": "head", "first_conv": "backbone.stem.conv", "pool_size": (7, 7)}
     for name, kw in CSWIN_ARCHS.items():
         register(__name__, name, CSWinTransformer, plain_cfg, **kw)
     archs = {**GA_CSWIN_ARCHS, **{alias: GA_CSWIN_ARCHS[target] for alias, target in SEED_ALIASES.items()}}

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import timm
 from torch import nn
 
-
-class UnknownModelError(ValueError):
-    pass
-
-
-def suggest(name: str, choices: list[str], n: int = 5) -> str:
-    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+from .ga_timm import create_pattern_model
+from .registry import UnknownModelError, suggest
 
 
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None, **kwargs: Any) -> nn.Module:
@@ -25,8 +18,6 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     ``<head><K>@<timm model>`` (e.g. ``ga5@resnet18``) puts K branches of a head on any timm model.
     """
     if "@" in name:
-        from .ga_timm import create_pattern_model  # ga_timm imports this module
-
         return create_pattern_model(name, num_classes=num_classes, img_size=img_size, **kwargs)
     if not timm.is_model(name):
         raise UnknownModelError(f"unknown model {name!r}{suggest(name, timm.list_models())}")

@@ -1,4 +1,4 @@
-"""GA-ConvNeXt, the improved GA release (SPEC 2.2): six widths and the seed's aliases.
+"""GA-ConvNeXt, the improved GA release: six widths and the seed's aliases.
 
 ConvNeXt stem and four stages (timm's ``ConvNeXtStage``), multi-scale aggregation at
 stage 2's resolution (14x14 at 224) into an SE-bottleneck fifth stage of width D, then five
@@ -9,8 +9,10 @@ m = 4), each with its own one-block ConvNeXt gram layer at width 192.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm, LayerNorm2d
 from timm.models.convnext import ConvNeXtStage
@@ -54,21 +56,40 @@ class MultiScaleConvNeXt(nn.Module):
                                              drop_path_rates=dpr[start:start + depth], ls_init_value=ls_init_value,
                                              norm_layer=LayerNorm2d, norm_layer_cl=LayerNorm))
             in_chs = dim
-        self.intermediates = intermediate_blocks(depths[2], num_intermediates)
+        # a non-empty list of ints for TorchScript: with no intermediates, block -1 (never reached)
+        self.intermediates = sorted(intermediate_blocks(depths[2], num_intermediates)) or [-1]
         cat_dim = dims[0] + dims[1] + dims[2] * (num_intermediates + 1) + dims[3]
         self.fifth = SEBottleneck(cat_dim, dims[3], drop_path=dpr[-1])
         self.num_features = dims[3]
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"stages.{i}") for i, d in enumerate(dims)]
         self.apply(init_conv_linear)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        if coarse:
+            return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)", None), (r"^fifth", (99999,))])
+        return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)\.downsample", (0,)),
+                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^fifth", (99999,))])
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image -> [stage0, stage1, stage2 after blocks n, …, a·n, stage2, stage3], channels-first."""
         x = self.stem(x)
-        out = []
+        out: list[torch.Tensor] = []
         for i, stage in enumerate(self.stages):
-            if i == 2 and self.intermediates:
+            if i == 2 and self.intermediates[0] > 0:
                 x = stage.downsample(x)
-                for j, block in enumerate(stage.blocks, start=1):
-                    x = block(x)
+                j = 0
+                for block in stage.blocks:
+                    j += 1
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                    else:
+                        x = block(x)
                     if j in self.intermediates:
                         out.append(x)
             else:
@@ -76,10 +97,19 @@ class MultiScaleConvNeXt(nn.Module):
             out.append(x)
         return out
 
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Images -> (``forward_features(x)``, the four stage outputs)."""
+        pyramid = self.forward_pyramid(x)
+        stage_maps = pyramid[:2] + pyramid[-2:]
+        return self.fifth(aggregate(pyramid, pyramid[-2].shape[-2:])), stage_maps
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
         pyramid = self.forward_pyramid(x)
         return self.fifth(aggregate(pyramid, pyramid[-2].shape[-2:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
 
 
 class GAConvNeXt(MultiHeadModel):
@@ -101,15 +131,17 @@ class GAConvNeXt(MultiHeadModel):
         backbone = MultiScaleConvNeXt(depths, dims, num_intermediates, in_chans, drop_path_rate)
         head = GramAttentionHead(dims[3], num_classes, num_branches, gram_dim=gram_dim,
                                  contraction_groups=contraction_groups, embed_groups=embed_groups, attn_dim=attn_dim,
-                                 mlp_groups=mlp_groups, gram_layer=BranchConvNeXtBlock(gram_dim, num_branches))
-        super().__init__(backbone, head)
+                                 mlp_groups=mlp_groups,  # gram layers: the full drop-path rate, as released
+                                 gram_layer=BranchConvNeXtBlock(gram_dim, num_branches, drop_path=drop_path_rate))
+        super().__init__(backbone, head, in_chans)
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | layer_scale_names(self)
 
 
 def _register_all() -> None:
-    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000)
+    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000,
+                   first_conv="backbone.stem.0", pool_size=(14, 14))
     archs = {**GA_CONVNEXT_ARCHS, **{alias: GA_CONVNEXT_ARCHS[target] for alias, target in ALIASES.items()}}
     for name, (depths, dims, a, e) in archs.items():
         register(__name__, name, GAConvNeXt, cfg, depths=depths, dims=dims, num_intermediates=a, attn_dim=e)

@@ -1,4 +1,4 @@
-"""Multi-branch heads on timm backbones: GA-ResNet50, GA-ViT-S/M (SPEC 2.3) and ``<head><K>@<timm model>``.
+"""Multi-branch heads on timm backbones: GA-ResNet50, GA-ViT-S/M and ``<head><K>@<timm model>``.
 
 ``GAHeadsModel("resnet18", "ga", 5, num_classes=10)`` — or ``gaheads.create_model("ga5@resnet18")``
 — puts K branches of any head on a timm model's last feature map or tokens. The features
@@ -10,6 +10,7 @@ class / distillation / register tokens (``num_prefix_tokens``) are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -18,12 +19,12 @@ from typing import Any
 
 import timm
 import torch
+import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..heads import HEADS, GramAttentionHead, create_head
-from .base import MultiHeadModel
-from .factory import UnknownModelError, suggest
+from .base import MultiHeadModel, prefix_matcher
 from .gram_layers import BranchBottleneck
 from .multiscale import SEBottleneck, init_conv_linear, intermediate_blocks
 from .registry import make_cfg, register
@@ -79,19 +80,37 @@ class TimmFeatures(nn.Module):
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 0)
         self.channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
         self.num_features = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        self.feature_info = [dict(f, module=f"model.{f['module']}") for f in getattr(self.model, "feature_info", [])]
 
     def no_weight_decay(self) -> set[str]:
         """The timm model's own exemptions (e.g. ViT's pos_embed, cls_token)."""
         return {f"model.{n}" for n in getattr(self.model, "no_weight_decay", set)()}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return prefix_matcher(self.model.group_matcher(coarse), "model.")
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Images -> (``forward_features(x)``, the timm model's intermediates, channels-first maps)."""
+        final, levels = self.model.forward_intermediates(x, output_fmt="NCHW")
+        return self.post(final), levels
+
+    def post(self, y: torch.Tensor) -> torch.Tensor:
+        """The timm model's unpooled features -> the heads' input: map (B, C, H, W) or patch tokens (B, N, C)."""
+        y = self.model.forward_head(y, pre_logits=True)
         if y.ndim == 3:
             return y[:, self.num_prefix_tokens:]
         if y.ndim == 4:
             return y.permute(0, 3, 1, 2) if self.channels_last else y
-        raise ValueError(f"backbone features have shape {tuple(y.shape)}; heads need a (B, C, H, W) map "
-                         "or (B, N, C) tokens")
+        raise ValueError("backbone features must be a (B, C, H, W) map or (B, N, C) tokens for the heads")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.model.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
 
 
 class GAHeadsModel(MultiHeadModel):
@@ -116,11 +135,9 @@ class GAHeadsModel(MultiHeadModel):
         backbone = TimmFeatures(backbone_name, img_size, **backbone_kwargs)
         dim = backbone.num_features
         kwargs = {**default_head_kwargs(head, dim), **(head_kwargs or {})}
-        super().__init__(backbone, create_head(head, dim, num_classes, num_branches, **kwargs))
-        cfg = dict(backbone.model.pretrained_cfg)
-        if img_size:
-            cfg["input_size"] = (cfg.get("input_size", (3, 224, 224))[0], img_size, img_size)
-        self.pretrained_cfg = self.default_cfg = {**cfg, "num_classes": num_classes, "classifier": "head.classifier"}
+        super().__init__(backbone, create_head(head, dim, num_classes, num_branches, **kwargs),
+                         backbone_kwargs.get("in_chans", 3))
+        self.pretrained_cfg = self.default_cfg = pattern_cfg(backbone.model.pretrained_cfg, num_classes, img_size)
         # how to rebuild it (checkpoints): the pattern name; the weights come from the checkpoint itself
         recorded = dict(num_classes=num_classes, head_kwargs=head_kwargs, img_size=img_size, **backbone_kwargs)
         self.gaheads_config = {"name": f"{head}{num_branches}@{backbone_name}",
@@ -131,6 +148,25 @@ class GAHeadsModel(MultiHeadModel):
 
 
 TimmBackboneModel = GAHeadsModel
+# where the backbone's weights come from: not the head model's
+_WEIGHT_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "file", "state_dict", "source", "tag", "architecture",
+                "custom_load", "license", "origin_url", "paper_ids", "paper_name", "notes", "label_names",
+                "label_descriptions")
+
+
+def pattern_cfg(backbone_cfg: dict[str, Any], num_classes: int, img_size: int | None = None) -> dict[str, Any]:
+    """A head model's pretrained_cfg from its timm backbone's: the backbone's preprocessing, none of its
+    weight sources, ``first_conv`` under ``backbone.model.``, the head's classifier and class count."""
+    cfg = {k: v for k, v in dict(backbone_cfg).items() if k not in _WEIGHT_KEYS}
+    if img_size:
+        hw = tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+        cfg["input_size"] = (cfg.get("input_size", (3, 224, 224))[0], *hw)
+    first = cfg.get("first_conv") or ""
+    first = [first] if isinstance(first, str) else list(first)
+    cfg["first_conv"] = [f"backbone.model.{f}" for f in first if f]
+    if len(cfg["first_conv"]) == 1:
+        cfg["first_conv"] = cfg["first_conv"][0]
+    return {**cfg, "url": "", "num_classes": num_classes, "classifier": "head.classifier"}
 
 
 def parse_pattern(name: str) -> tuple[str, int, str]:
@@ -149,10 +185,51 @@ def parse_pattern(name: str) -> tuple[str, int, str]:
     return kind, k, backbone
 
 
-def create_pattern_model(name: str, **kwargs: Any) -> GAHeadsModel:
-    """Build ``<head><K>@<timm model>``; ``kwargs`` go to :class:`GAHeadsModel` (None values: defaults)."""
+def create_pattern_model(name: str, pretrained: bool = False, pretrained_cfg_overlay: dict | None = None,
+                         checkpoint_path: str | os.PathLike | None = None, **kwargs: Any) -> GAHeadsModel:
+    """Build ``<head><K>@<timm model>``; ``kwargs`` go to :class:`GAHeadsModel` (None values: defaults).
+
+    As ``timm.create_model``: ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=...)``
+    loads a whole-model weight file the timm way (classifier dropped for another class count,
+    first conv adapted to ``in_chans``); ``checkpoint_path`` loads a whole-model checkpoint
+    strictly. Both go to the head model, not to the timm backbone inside it.
+    """
     kind, k, backbone = parse_pattern(name)
-    return GAHeadsModel(backbone, kind, k, **{n: v for n, v in kwargs.items() if v is not None})
+    kwargs = {n: v for n, v in kwargs.items() if v is not None}
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    global_pool = kwargs.pop("global_pool", None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = GAHeadsModel(backbone, kind, k, **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if pretrained:
+        cfg = {**model.pretrained_cfg, **(pretrained_cfg_overlay or {})}
+        if not cfg.get("file"):
+            raise ValueError(f"{name}: no pretrained weights are published; pass pretrained_cfg_overlay=dict(file=...) "
+                             "or checkpoint_path=...")
+        timm.models.load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes,
+                                    in_chans=model.in_chans)
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "file": cfg["file"]}
+    if checkpoint_path:
+        timm.models.load_checkpoint(model, checkpoint_path)
+    if global_pool is not None:
+        model.reset_classifier(model.num_classes, global_pool)
+    return model
+
+
+def model_pretrained_cfg(name: str) -> dict[str, Any] | None:
+    """The timm pretrained cfg a model name trains with, without building the model.
+
+    A registered name gives its own cfg; ``<head><K>@<timm model>`` gives the backbone's (its
+    input size, mean / std, crop and interpolation), as :class:`GAHeadsModel` uses. None for a
+    name timm registers without a cfg; UnknownModelError for an unknown name or a bad pattern.
+    """
+    if "@" in name:
+        name = parse_pattern(name)[2]
+    elif not timm.is_model(name):
+        raise UnknownModelError(f"unknown model {name!r}{suggest(name, timm.list_models())}")
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else None
 
 
 class MultiScaleResNet(nn.Module):
@@ -177,19 +254,69 @@ class MultiScaleResNet(nn.Module):
         self.fifth = SEBottleneck(cat_dim, fifth_dim, drop_path=drop_path_rate, shortcut_bias=False)
         self.fifth.apply(init_conv_linear)
         self.num_features = fifth_dim
+        # a non-empty list of ints for TorchScript: with no intermediates, block -1 (never reached)
+        self.intermediates = sorted(self.intermediates) or [-1]
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=c, reduction=4 * 2**i, module=f"trunk.layer{i + 1}")
+                             for i, c in enumerate(widths)]
+
+    levels_channels_last = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        blocks = r"^trunk\.layer(\d+)" if coarse else r"^trunk\.layer(\d+)\.(\d+)"
+        return dict(stem=r"^trunk\.(?:conv1|bn1)", blocks=[(blocks, None), (r"^fifth", (99999,))])
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Image -> [layer1, layer2, layer3 after blocks n, …, a·n, layer3, layer4]."""
+        t = self.trunk
+        x = t.maxpool(t.act1(t.bn1(t.conv1(x))))
+        pyramid: list[torch.Tensor] = []
+        # the four stages written out: TorchScript iterates a module's children, not a tuple of modules
+        for block in t.layer1:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        pyramid.append(x)
+        for block in t.layer2:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        pyramid.append(x)
+        j = 0
+        for block in t.layer3:
+            j += 1
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if j in self.intermediates:
+                pyramid.append(x)
+        pyramid.append(x)
+        for block in t.layer4:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        pyramid.append(x)
+        return pyramid
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Images -> (X, the four trunk stage outputs)."""
+        pyramid = self.forward_pyramid(x)
+        return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:]), pyramid[:2] + pyramid[-2:]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
-        t = self.trunk
-        x = t.maxpool(t.act1(t.bn1(t.conv1(x))))
-        pyramid = []
-        for i, stage in enumerate((t.layer1, t.layer2, t.layer3, t.layer4)):
-            for j, block in enumerate(stage, start=1):
-                x = block(x)
-                if i == 2 and j in self.intermediates:
-                    pyramid.append(x)
-            pyramid.append(x)
+        pyramid = self.forward_pyramid(x)
         return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
 
 
 class GAResNet(MultiHeadModel):
@@ -210,14 +337,15 @@ class GAResNet(MultiHeadModel):
         backbone = MultiScaleResNet(model_name, fifth_dim, num_intermediates, drop_path_rate, in_chans)
         head = GramAttentionHead(fifth_dim, num_classes, num_branches, gram_dim=gram_dim,
                                  contraction_groups=contraction_groups, embed_groups=embed_groups, attn_dim=attn_dim,
-                                 mlp_groups=mlp_groups, gram_layer=BranchBottleneck(gram_dim, num_branches))
-        super().__init__(backbone, head)
+                                 mlp_groups=mlp_groups,  # gram layers: the full drop-path rate
+                                 gram_layer=BranchBottleneck(gram_dim, num_branches, drop_path=drop_path_rate))
+        super().__init__(backbone, head, in_chans)
         self.backbone_load_result = None
         if backbone_checkpoint is not None:  # a timm ResNet checkpoint for the trunk
             self.backbone_load_result = load_backbone_checkpoint(backbone.trunk, backbone_checkpoint)
 
 
-# Configurations chosen to land within 3% of SPEC 2.3 (see the README's model zoo).
+# Configurations chosen to land within 3% of the GA paper's Table 3 (see the README's model zoo).
 GA_RESNET_ARCHS = {
     "ga_resnet50": dict(model_name="resnet50", fifth_dim=512, num_intermediates=0, gram_dim=192, attn_dim=192,
                         mlp_groups=4),
@@ -233,11 +361,13 @@ GA_VIT_ARCHS = {
 
 
 def _register_all() -> None:
-    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000)
+    cfg = make_cfg((3, 224, 224), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=0.875, num_classes=1000,
+                   first_conv="backbone.trunk.conv1", pool_size=(14, 14))
     for name, kw in GA_RESNET_ARCHS.items():
         register(__name__, name, GAResNet, cfg, **kw)
+    vit_cfg = {**cfg, "first_conv": "backbone.model.patch_embed.proj", "fixed_input_size": True}
     for name, kw in GA_VIT_ARCHS.items():
-        register(__name__, name, GAHeadsModel, cfg, head="ga", num_branches=5, **kw)
+        register(__name__, name, GAHeadsModel, vit_cfg, head="ga", num_branches=5, **kw)
 
 
 _register_all()

@@ -1,4 +1,4 @@
-"""The improved GA release's neck: multi-scale aggregation into a fifth stage (SPEC 2.2).
+"""The improved GA release's neck: multi-scale aggregation into a fifth stage.
 
 The backbone's pyramid [stage0, stage1, stage2 intermediates…, stage2, stage3] is brought to
 stage 2's resolution (average pooling down, bilinear up) and concatenated along channels; a
@@ -7,12 +7,10 @@ fifth stage turns the concatenation into the D-channel map X that the GA branche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial, reduce
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, trunc_normal_
+from timm.models import register_notrace_function
 from torch import nn
 
 
@@ -30,34 +28,55 @@ def init_conv_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def pool_to(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Average-pool (B, C, H, W) down to ``size``: a box filter when the sizes divide (as at 224;
     faster than adaptive pooling on CPU, same values), adaptive pooling otherwise."""
-    (h, w), (th, tw) = x.shape[-2:], size
+    h, w, th, tw = x.shape[-2], x.shape[-1], size[0], size[1]
     if h % th == 0 and w % tw == 0:
-        return F.avg_pool2d(x, (h // th, w // tw))
-    return F.adaptive_avg_pool2d(x, size)
+        return F.avg_pool2d(x, [h // th, w // tw])
+    return F.adaptive_avg_pool2d(x, [th, tw])
 
 
-def resize(x: torch.Tensor, size: tuple[int, int],
-           project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def resize(x: torch.Tensor, size: list[int], weight: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, H, W) brought to ``size``: average-pooled when larger, bilinearly upsampled when smaller.
 
-    ``project``, a per-pixel linear map (a 1x1 conv), is applied on the smaller side: after
+    ``weight``, a (C', C) per-pixel linear map (a 1x1 conv), is applied on the smaller side: after
     pooling, before upsampling. Both resizings are linear per channel, so the result is
-    ``project(resize(x))`` either way, with the projection's MACs at the lower resolution.
+    ``weight · resize(x)`` either way, with the projection's MACs at the lower resolution.
     """
-    project = project or (lambda t: t)
-    if tuple(x.shape[-2:]) == tuple(size):
-        return project(x)
-    if x.shape[-1] > size[-1]:
-        return project(pool_to(x, size))
-    return F.interpolate(project(x), size=size, mode="bilinear", align_corners=False)
+    th, tw = size[0], size[1]
+    if x.shape[-2] == th and x.shape[-1] == tw:
+        return x if weight is None else F.conv2d(x, weight[:, :, None, None])
+    if x.shape[-1] > tw:
+        x = pool_to(x, [th, tw])
+        return x if weight is None else F.conv2d(x, weight[:, :, None, None])
+    if weight is not None:
+        x = F.conv2d(x, weight[:, :, None, None])
+    return F.interpolate(x, size=[th, tw], mode="bilinear", align_corners=False)
 
 
-def aggregate(features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+@register_notrace_function  # branches on the levels' sizes: an FX leaf
+def aggregate(features: list[torch.Tensor], size: list[int]) -> torch.Tensor:
     """Resize channels-first maps to ``size`` (:func:`resize`) and concatenate: (B, ΣC_i, *size)."""
     return torch.cat([resize(f, size) for f in features], dim=1)
+
+
+@register_notrace_function
+def project_levels(features: list[torch.Tensor], weight: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Σ_i weight_i · resize(features_i): a 1x1 conv (weight (O, ΣC_i)) of the concatenation, level by level."""
+    out = torch.zeros(0)
+    start = 0
+    for i, f in enumerate(features):
+        c = f.shape[1]
+        y = resize(f, size, weight[:, start:start + c])
+        out = y if i == 0 else out + y
+        start += c
+    return out
+
+
+# torch.fx: leaves wherever they are called from (timm's registry covers calls from traced modules only)
+torch.fx.wrap("aggregate")
+torch.fx.wrap("project_levels")
 
 
 class SEBottleneck(nn.Module):
@@ -87,7 +106,7 @@ class SEBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._residual(self.conv1(x), self.shortcut(x))
 
-    def forward_pyramid(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward_pyramid(self, features: list[torch.Tensor], size: list[int]) -> torch.Tensor:
         """``forward(aggregate(features, size))`` with the same weights, computed level by level.
 
         The two 1x1 convs that read the concatenation (``conv1`` and the shortcut's) are linear
@@ -100,12 +119,11 @@ class SEBottleneck(nn.Module):
         """
         mid = self.conv1.out_channels
         weight = torch.cat((self.conv1.weight, self.shortcut[0].weight)).flatten(1)  # (mid + D, C_in)
-        parts = weight.split([f.shape[1] for f in features], dim=1)
-        both = reduce(torch.add, [resize(f, size, partial(F.conv2d, weight=w[:, :, None, None]))
-                                  for f, w in zip(features, parts)])
+        both = project_levels(features, weight, size)
         y, shortcut = both.split((mid, both.shape[1] - mid), dim=1)
-        if self.shortcut[0].bias is not None:
-            shortcut = shortcut + self.shortcut[0].bias[:, None, None]
+        bias = self.shortcut[0].bias
+        if bias is not None:
+            shortcut = shortcut + bias[:, None, None]
         shortcut = self.shortcut[1](shortcut)
         return self._residual(y, shortcut)
 

@@ -1,7 +1,7 @@
-"""The published sizes the model zoo reproduces: the GA paper's Table 3 and its baselines (SPEC 2.2, 2.3).
+"""The published sizes the model zoo reproduces: the GA paper's Table 3 and its baselines.
 
 "paper" = the figure printed in the paper (params in millions, GFLOPs = GMACs at 224);
-"ref" = the research code, measured with torch's FLOP counter (SPEC 2.2). ``gaheads info
+"ref" = the research code, measured with torch's FLOP counter. ``gaheads info
 --paper`` prints these side by side with our own counts.
 """
 

@@ -1,8 +1,10 @@
 """``gaheads train`` / ``python -m gaheads.train`` / ``train.py``: parse flags, train, map failures to exit statuses.
 
 Exit status: 0 done; 2 bad input (one line ``gaheads train: ...`` on stderr); 3 stopped on a
-non-finite loss; 128 + signal number (143 SIGTERM, 130 SIGINT) after writing a resumable
-checkpoint on a signal.
+non-finite loss; 4 an output file could not be written (disk full, file-size limit, I/O error,
+read-only filesystem: one line naming the file and the free space; the previous checkpoint is
+intact); 128 + signal number (143 SIGTERM, 130 SIGINT) after writing a resumable checkpoint on a
+signal.
 """
 
 from __future__ import annotations
@@ -19,12 +21,7 @@ def _say(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..checkpoint import CheckpointError
-    from ..data import DataError
-    from ..models.factory import UnknownModelError
-    from .config import ConfigError, parse_args
-    from .faults import NonFiniteLossError, TrainingInterrupted
-    from .state import CheckpointWriteError
+    from .config import ConfigError, parse_args  # argparse and yaml only: --help answers without torch
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -35,7 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # -h/--help
         return int(e.code or 0)
 
+    from ..threads import apply_threads
+
+    apply_threads(args.threads)  # process-wide, so set by the command only, never by library code
+    if args.max_image_pixels is not None:
+        from ..preprocess import set_pil_pixel_limit
+
+        set_pil_pixel_limit(args.max_image_pixels)  # process-wide too: PIL's own guard must pass the same images
+
+    from ..checkpoint import CheckpointError, StorageError
+    from ..data import DataError
+    from ..models.factory import UnknownModelError
     from .engine import train
+    from .faults import NonFiniteLossError, TrainingInterrupted
+    from .state import CheckpointWriteError
 
     try:
         train(args)
@@ -45,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         _say(str(e))
         return NonFiniteLossError.exit_code
-    except (ConfigError, DataError, UnknownModelError, CheckpointError, CheckpointWriteError) as e:
+    except (ConfigError, DataError, UnknownModelError, CheckpointError, CheckpointWriteError, StorageError) as e:
         _say(str(e))
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         _say("interrupted (no checkpoint written for the current step)")
         return 130

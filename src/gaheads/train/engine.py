@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.data import Mixup, resolve_data_config
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
@@ -35,33 +36,94 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__
-from ..checkpoint import FORMAT, check_state_dict, load_checkpoint, model_config, save_weights
+from ..checkpoint import (
+    FORMAT,
+    CheckpointError,
+    StorageError,
+    check_state_dict,
+    load_checkpoint,
+    model_config,
+    resolve_checkpoint,
+    save_weights,
+)
 from ..cpu_memory import keep_freed_memory
-from ..data import create_dataset, create_loader, create_transform
+from ..data import check_classes, create_dataset, create_loader, create_transform
+from ..data.prefetch import DevicePrefetcher
 from ..flops import count_params
 from ..loss import MultiHeadLoss, create_task_loss
 from ..metrics import BranchAccuracy
 from ..models.base import MultiHeadModel
 from ..models.factory import create_model
+from ..models.ga_timm import model_pretrained_cfg
+from ..preprocess import resolve_data_config
 from . import distributed as dist_utils
-from .config import ConfigError
-from .faults import NonFiniteLossError, StopRequest, TrainingInterrupted, describe_indices, nan_test_steps, signal_name
-from .outputs import STEP_COLUMNS, epoch_columns, plot_curves, write_csv, write_json
-from .state import CheckpointWriteError, keep_copy, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import ConfigError, describe_changes
+from .faults import (
+    EVALUATING,
+    FINISHING,
+    STARTUP,
+    TRAINING,
+    NonFiniteLossError,
+    StopRequest,
+    TrainingInterrupted,
+    describe_indices,
+    nan_test_steps,
+    signal_name,
+)
+from .outputs import STEP_COLUMNS, append_text, epoch_columns, plot_curves, write_csv, write_json, write_text
+from .runlock import LOCK_NAME, RunFolderBusy, RunLock, earlier_run_files, remove_earlier_run
+from .state import (
+    CheckpointWriteError,
+    config_record,
+    keep_copy,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 PROG = "gaheads train"
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train as ``args`` says; the summary dict (the same as ``summary.json``)."""
+class TrainerCallback:
+    """Hooks a caller (a test, a tool) passes to ``train``; every method is a no-op here.
+
+    None is called inside an optimizer step: they cost nothing where training spends its time.
+    """
+
+    def on_startup(self, trainer: Trainer, stage: str) -> None:
+        """Start-up reached ``stage``: "output" (folder locked), "data" (datasets built), "model"."""
+
+    def on_val_batch(self, trainer: Trainer, index: int) -> None:
+        """Evaluation is about to run its ``index``-th batch (0-based)."""
+
+
+class _EvaluationStopped(Exception):
+    """A signal arrived during evaluation; every rank agreed to leave it (``signum``: the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def train(args: argparse.Namespace, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Train as ``args`` says; the summary dict (the same as ``summary.json``).
+
+    ``callbacks`` get the ``TrainerCallback`` hooks (tests use them to make a phase slow).
+    """
     # a process group someone else set up (multi-train runs several models in one group) is left to them
     own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = dist_utils.setup(args.device, args.local_rank)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     cudnn_before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     stop = StopRequest(announce=ctx.is_main).install()
+    stop.phase = STARTUP  # a signal now stops at once: nothing is resumable yet
     try:
-        return Trainer(args, ctx, stop).fit()
+        trainer = Trainer(args, ctx, stop, callbacks)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
         stop.restore()
         torch.use_deterministic_algorithms(deterministic_before)
@@ -80,9 +142,16 @@ def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
+    if getattr(args, "backbone_checkpoint", None):
+        kwargs["backbone_checkpoint"] = args.backbone_checkpoint
     try:
         return create_model(args.model, num_classes=num_classes, img_size=args.img_size, **kwargs)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--backbone-checkpoint: {e}") from e
     except TypeError as e:
+        if "backbone_checkpoint" in str(e):
+            raise ConfigError(f"--backbone-checkpoint needs a model with a timm backbone (<head><K>@<timm model>, "
+                              f"ga_resnet50, ga_vit_small, ga_vit_medium), not {args.model}") from e
         # many timm CNNs take no img_size; their input size is only a data setting
         if args.img_size is None or "img_size" not in str(e):
             raise
@@ -92,8 +161,12 @@ def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 class Trainer:
     """One training run: built from args, ``fit()`` runs it to the end (or raises to stop early)."""
 
-    def __init__(self, args: argparse.Namespace, ctx: dist_utils.DistContext, stop: StopRequest) -> None:
+    def __init__(self, args: argparse.Namespace, ctx: dist_utils.DistContext, stop: StopRequest,
+                 callbacks: list[TrainerCallback] | None = None) -> None:
         self.args, self.ctx, self.stop = args, ctx, stop
+        self.callbacks = list(callbacks or [])
+        self.lock: RunLock | None = None
+        self._created_out: Path | None = None  # the output folder, when this run created it
         self.device = ctx.device
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on re-allocated activations each step (cpu_memory's doc)
@@ -101,14 +174,25 @@ class Trainer:
         self.nan_steps = nan_test_steps()
         self._set_determinism()
 
-        if args.resume and Path(args.resume).is_dir():  # --resume RUN_DIR means its last.pth
-            args.resume = str(Path(args.resume) / "last.pth")
+        if args.resume:  # --resume RUN_DIR means its last.pth
+            args.resume = str(resolve_checkpoint(args.resume, training=True))
         self.resume = load_checkpoint(args.resume) if args.resume else None
-        self.out = self._output_dir()
+        if args.resume:
+            stop.startup_note = f"; {args.resume} is unchanged"
+        try:
+            self.out = self._output_dir()
+            self._set_up()
+        except BaseException:  # a refusal, bad input or a signal during start-up: let go of the folder
+            self.close()
+            raise
 
+    def _set_up(self) -> None:
+        args, ctx = self.args, self.ctx
+        self._startup("output")
         seed_everything(args.seed)  # same initial weights on every rank
         self.data_config = self._data_config()
         self._build_data()
+        self._startup("data")
         self.num_classes = args.num_classes or len(self.class_names)
         if self.num_classes < len(self.class_names):
             raise ConfigError(f"--num-classes {self.num_classes} is fewer than the dataset's "
@@ -116,6 +200,7 @@ class Trainer:
         self._build_model()
         self._build_optimization()
         self._wrap_model()
+        self._startup("model")
 
         # per-run bookkeeping, replaced by the checkpoint's on resume
         self.epoch = 0  # completed epochs
@@ -132,7 +217,22 @@ class Trainer:
         seed_everything(args.seed + ctx.rank)  # augmentation noise differs per rank
         if self.resume is not None:
             self._restore(self.resume)
+        self.stop.phase = TRAINING  # from here a signal stops with a resumable checkpoint
         self._prepare_step_log()
+
+    def _startup(self, stage: str) -> None:
+        for cb in self.callbacks:
+            cb.on_startup(self, stage)
+
+    def close(self) -> None:
+        """Release the output folder (its lock; the folder itself when this run created it and left it empty)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self._created_out is not None:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept as it is
+                self._created_out.rmdir()
+            self._created_out = None
 
     # ---------------------------------------------------------------- set-up
     def log(self, msg: str) -> None:
@@ -154,41 +254,77 @@ class Trainer:
             out = Path(args.resume).parent
         else:
             out = Path("runs") / f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        problem = None
+        problem = claim = None
         if self.main:
             try:
+                created = not out.exists()
                 out.mkdir(parents=True, exist_ok=True)
+                if created:
+                    self._created_out = out
                 with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
                     pass
             except OSError as e:
                 problem = f"output folder {out} is not writable ({e.strerror or e})"
-        out, problem = dist_utils.broadcast_object((str(out), problem))
+            if problem is None:
+                claim = self._claim(out)
+        out, problem, claim = dist_utils.broadcast_object((str(out), problem, claim))
         if problem:
+            self.close()
             raise CheckpointWriteError(problem)
+        if claim:
+            self.close()
+            raise ConfigError(claim)
         return Path(out)
+
+    def _claim(self, out: Path) -> str | None:
+        """Lock ``out`` for this run (rank 0 only) and check it holds no other run; the refusal, or None."""
+        lock = RunLock(out)
+        try:
+            lock.acquire()
+        except RunFolderBusy as e:
+            return str(e)
+        except OSError as e:
+            return f"output folder {out}: cannot create its {LOCK_NAME} ({e.strerror or e})"
+        self.lock = lock
+        if lock.took_over:
+            holder = lock.took_over
+            self.log(f"{PROG}: {out} had a stale {LOCK_NAME} of PID {holder.get('pid', '?')} on host "
+                     f"{holder.get('host', '?')}, a run that ended without removing it; taking it over")
+        files = earlier_run_files(out)
+        if not files:
+            return None
+        a = self.args
+        if a.resume and Path(a.resume).resolve().parent == out.resolve():
+            return None  # the resumed run's own folder
+        if getattr(a, "overwrite", False):
+            removed = remove_earlier_run(out)
+            self.log(f"{PROG}: --overwrite: removed the earlier run's files from {out} ({', '.join(removed)})")
+            return None
+        shown = ", ".join(files[:4]) + (f", +{len(files) - 4} more" if len(files) > 4 else "")
+        return (f"output folder {out} already holds another training run ({shown}); continue it with --resume {out}, "
+                "replace it with --overwrite, or choose another --output")
 
     def _data_config(self) -> dict[str, Any]:
         """Preprocessing from the model's pretrained cfg, with --img-size/--mean/--std/... overriding it."""
-        import timm.models
-
-        if not timm.is_model(self.args.model):
-            create_model(self.args.model)  # raises UnknownModelError with close-name suggestions
-        pretrained = timm.models.get_pretrained_cfg(self.args.model)
+        # the name's own cfg (a <head><K>@<timm model> pattern: the backbone's), without building a model;
+        # UnknownModelError with close-name suggestions for an unknown name
+        pretrained = model_pretrained_cfg(self.args.model)
         a = self.args
         overrides = {"img_size": a.img_size, "mean": a.mean, "std": a.std, "crop_pct": a.crop_pct,
                      "interpolation": a.interpolation}
-        cfg = resolve_data_config(overrides, pretrained_cfg=pretrained.to_dict() if pretrained else None)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+        return resolve_data_config(pretrained, overrides)
 
     def _build_data(self) -> None:
         a = self.args
         train_tf = create_transform(
             self.data_config, True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, auto_augment=a.aa,
             color_jitter=a.color_jitter, re_prob=a.reprob, re_mode=a.remode, re_count=a.recount,
-            train_interpolation=a.train_interpolation)
-        val_tf = create_transform(self.data_config, False)
-        self.train_set = create_dataset(a.dataset, a.data_dir, a.train_split, transform=train_tf, strict=a.strict_data)
-        self.val_set = create_dataset(a.dataset, a.data_dir, a.val_split, transform=val_tf, strict=a.strict_data)
+            train_interpolation=a.train_interpolation, use_prefetcher=self._prefetching())
+        val_tf = create_transform(self.data_config, False)  # float from the workers: the prefetcher only moves it
+        data = dict(strict=a.strict_data, max_pixels=a.max_image_pixels)
+        self.train_set = create_dataset(a.dataset, a.data_dir, a.train_split, transform=train_tf, **data)
+        self.val_set = create_dataset(a.dataset, a.data_dir, a.val_split, transform=val_tf, **data)
+        check_classes(self.train_set, self.val_set)  # else a val label would name another class
         self.class_names = list(self.train_set.classes)
         pin = a.pin_mem or self.device.type == "cuda"
         common = dict(num_workers=a.workers, distributed=self.ctx.distributed, seed=a.seed, pin_memory=pin)
@@ -213,6 +349,20 @@ class Trainer:
         self.model = model  # the plain module: what is saved, EMA'd and evaluated
         self.ema = ModelEmaV3(model, decay=a.model_ema_decay, use_warmup=a.model_ema_warmup) if a.model_ema else None
 
+    def _prefetching(self) -> bool:
+        """Whether workers hand over uint8 images for gaheads.data.prefetch to normalise on the device."""
+        wanted = getattr(self.args, "prefetcher", None)
+        return self.device.type == "cuda" if wanted is None else bool(wanted)
+
+    def _on_device(self, loader: Any, train: bool = False) -> Any:
+        """``loader`` itself, or its batches normalised on the device (uint8 images from the workers)."""
+        if not self._prefetching():
+            return loader
+        a = self.args
+        return DevicePrefetcher(loader, self.device, self.data_config["mean"], self.data_config["std"],
+                                channels_last=a.channels_last, re_prob=a.reprob if train else 0.0,
+                                re_mode=a.remode, re_count=a.recount)
+
     def _amp(self) -> tuple[torch.dtype | None, bool]:
         """(autocast dtype or None, whether a GradScaler is needed)."""
         if not self.args.amp:
@@ -221,7 +371,8 @@ class Trainer:
             self.log(f"{PROG}: --amp is ignored on {self.device.type} (mixed precision here needs a CUDA GPU); "
                      "training in float32")
             return None, False
-        if torch.cuda.is_bf16_supported():
+        wanted = getattr(self.args, "amp_dtype", None)
+        if wanted == "bfloat16" or (wanted is None and torch.cuda.is_bf16_supported()):
             return torch.bfloat16, False
         return torch.float16, True
 
@@ -232,8 +383,15 @@ class Trainer:
             opt_kwargs["eps"] = a.opt_eps
         if a.opt_betas:
             opt_kwargs["betas"] = tuple(a.opt_betas)
+        layer_decay = getattr(a, "layer_decay", None)
+        if layer_decay is not None:
+            if a.backbone_lr_scale != 1.0:
+                raise ConfigError("--layer-decay and --backbone-lr-scale both set the backbone's learning rates; "
+                                  "use one of them")
+            opt_kwargs["layer_decay"] = layer_decay  # timm groups the layers with the model's group_matcher
+        params = self.model if a.backbone_lr_scale == 1.0 else self._param_groups()
         try:
-            self.optimizer = create_optimizer_v2(self.model, **opt_kwargs)
+            self.optimizer = create_optimizer_v2(params, **opt_kwargs)
         except (ValueError, KeyError, AssertionError) as e:
             raise ConfigError(f"--opt {a.opt}: {' '.join(str(e).split())}") from e
         self.amp_dtype, use_scaler = self._amp()
@@ -249,21 +407,50 @@ class Trainer:
         task = create_task_loss(a.smoothing, mixup=mixing, bce=a.bce_loss, bce_target_thresh=a.bce_target_thresh)
         self.loss_fn = MultiHeadLoss(task, lam=a.GA_lam).to(self.device)
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Backbone and head parameters in separate groups, the backbone's with ``lr_scale``
+        (timm's schedulers multiply the group's lr by it); no weight decay on biases, norms and
+        the model's own exemptions, as timm does for a whole model."""
+        a = self.args
+        backbone = getattr(self.model, "backbone", None)
+        if not self.multi_head or backbone is None:
+            raise ConfigError(f"--backbone-lr-scale needs a multi-head model (a backbone and heads), not {a.model}")
+        in_backbone = {id(p) for p in backbone.parameters()}
+        skip = set(self.model.no_weight_decay())
+        groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            part, no_decay = id(p) in in_backbone, p.ndim <= 1 or name.endswith(".bias") or name in skip
+            group = groups.setdefault((part, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else
+                                                         a.weight_decay, **({"lr_scale": a.backbone_lr_scale}
+                                                                            if part else {})})
+            group["params"].append(p)
+        return [groups[k] for k in sorted(groups)]
+
     def _wrap_model(self) -> None:
         model: nn.Module = self.model
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         self.ddp = model if self.ctx.distributed else None
-        self.train_model = torch.compile(model) if self.args.compile else model
+        mode = getattr(self.args, "compile_mode", None)
+        compiled = self.args.compile or mode is not None
+        self.train_model = torch.compile(model, mode=mode) if compiled else model
         self.eval_model: Callable[[nn.Module], nn.Module] = (
-            (lambda m: torch.compile(m)) if self.args.compile else (lambda m: m))
+            (lambda m: torch.compile(m, mode=mode)) if compiled else (lambda m: m))
         self._compiled_eval: dict[int, nn.Module] = {}
 
     def _restore(self, ck: dict[str, Any]) -> None:
         """Load everything a checkpoint holds; the RNG states are applied when training restarts."""
         where = f"--resume {self.args.resume}"
-        check_state_dict(self.model, ck["model"], where)
+        try:
+            check_state_dict(self.model, ck["model"], where)
+        except CheckpointError as e:
+            theirs = (ck.get("model_config") or {}).get("name")
+            if theirs and theirs != model_config(self.model)["name"]:
+                raise CheckpointError(f"{e}; the checkpoint holds a {theirs}: leave out --model to resume it") from e
+            raise
         self.model.load_state_dict(ck["model"])
         if ck.get("optimizer") is None:
             raise ConfigError(f"{where}: checkpoint has no optimizer state (is it a training checkpoint?)")
@@ -308,6 +495,9 @@ class Trainer:
             rng if self.ctx.world_size == 1 and "torch" in rng else None)
         into = f" ({self.epoch_step} of {self.updates_per_epoch} steps into the epoch)" if self.epoch_step else ""
         self.log(f"{PROG}: resumed from {self.args.resume} at epoch {self.epoch + 1}, step {self.step}{into}")
+        changed = describe_changes(ck.get("args"), self.args)
+        if changed:
+            self.log(f"{PROG}: resuming with changed settings: {changed}")
 
     def _loader_info(self) -> dict[str, int]:
         return {"batch_size": self.args.batch_size, "grad_accumulation": self.accum,
@@ -335,7 +525,8 @@ class Trainer:
             "progress": progress[0],
             "progress_ranks": progress,
             "rng": {**rngs[0], "ranks": rngs},
-            "args": dict(vars(self.args)),
+            "args": config_record(self.args),  # the full resolved flags: --resume DIR alone continues the run
+            "cwd": os.getcwd(),  # what relative paths in args are relative to
             "metrics": self.history[-1] if self.history else {},
             "history": self.history,
             "best": {"top1": self.best_top1, "epoch": self.best_epoch},
@@ -359,10 +550,10 @@ class Trainer:
                 if keep:
                     keep_copy(path, self.out / f"epoch-{self.epoch}.pth")
             except CheckpointWriteError as e:
-                problem = str(e)
+                problem = (str(e), e.exit_code)
         problem = dist_utils.broadcast_object(problem)
         if problem:
-            raise CheckpointWriteError(problem)
+            raise CheckpointWriteError(*problem)
         self.last_saved = (path, self.epoch + (1 if self.epoch_step else 0), self.step)
         return path
 
@@ -391,8 +582,9 @@ class Trainer:
             row = self._end_epoch(epoch)
             self.log(self._epoch_line(row))
             signum = self._agreed_signal()
-            if signum:
+            if signum and epoch + 1 < a.epochs:  # after the last epoch, finishing takes seconds: finish
                 self._interrupt(signum, self.out / "last.pth")
+        self.stop.phase = FINISHING
         return self._finish()
 
     def _agreed_signal(self) -> int:
@@ -400,21 +592,35 @@ class Trainer:
         return int(dist_utils.all_reduce(flag, "max").item())
 
     def _interrupt(self, signum: int, path: Path) -> None:
-        raise TrainingInterrupted(
-            signum, path,
-            f"stopped by {signal_name(signum)} at epoch {self.epoch + (1 if self.epoch_step else 0)}, "
-            f"step {self.step}; resumable checkpoint {path}; resume with the same command plus --resume {path}")
+        raise TrainingInterrupted(signum, path, self._stop_message(signum, path))
+
+    def _stop_message(self, signum: int, path: Path) -> str:
+        """Where the run stopped and where its resume starts (epochs 1-based, steps counted over the run)."""
+        epoch, step, nxt = self.epoch + 1, self.step, self.step + 1
+        if not self.epoch_step:  # between epochs: epoch ``self.epoch`` is finished and evaluated
+            where, then = f"after epoch {self.epoch}, step {step}", f"continues at epoch {epoch}, step {nxt}"
+        elif self.epoch_step >= self.updates_per_epoch:  # the epoch's steps are done, its evaluation is not
+            where = f"at epoch {epoch}, step {step}, before its evaluation ended"
+            then = f"evaluates epoch {epoch}, then " + (
+                f"continues at epoch {epoch + 1}, step {nxt}" if epoch < self.args.epochs else "finishes")
+        else:
+            where, then = f"at epoch {epoch}, step {step}", f"continues at epoch {epoch}, step {nxt}"
+        return (f"stopped by {signal_name(signum)} {where}; resumable checkpoint {path}; resume with the same command "
+                f"plus --resume {path} (or gaheads train --resume {path.parent} alone), which {then}")
 
     def _train_epoch(self, epoch: int) -> None:
         a = self.args
         loader, sampler = self.train_loader, self.train_loader.sampler
         sampler.set_epoch(epoch)
         start = self.epoch_step
-        if start >= self.updates_per_epoch:
-            return  # stopped after the epoch's last step: only the evaluation is left
+        if start >= self.updates_per_epoch:  # stopped after the epoch's last step: only the evaluation is left
+            if self.pending_rng is not None:  # as the uninterrupted run's evaluation began
+                set_rng_state(self.pending_rng, self.device)
+                self.pending_rng = None
+            return
         if start:
             sampler.start_batch(start * self.accum)
-        batches = iter(loader)
+        batches = iter(self._on_device(loader, train=True))  # runs nothing before the RNG states are set
         if self.pending_rng is not None:
             set_rng_state(self.pending_rng, self.device)
             self.pending_rng = None
@@ -527,8 +733,8 @@ class Trainer:
         if not self.main:
             return
         row = dict(zip(STEP_COLUMNS, [self.step, epoch + 1, *losses, lr]))
-        with open(self.out / "steps.csv", "a") as f:
-            f.write(",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+        append_text(self.out / "steps.csv",
+                    ",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values()) + "\n")
         seconds = max(self.progress["seconds"], 1e-9)
         bar.set_postfix(loss=f"{losses[0]:.4f}", lr=f"{lr:.2e}", img_s=f"{self.progress['samples'] / seconds:.0f}")
 
@@ -544,7 +750,7 @@ class Trainer:
                 if len(fields) == len(STEP_COLUMNS) and fields[0].isdigit() and int(fields[0]) <= self.step:
                     rows.append(line)
         text = "\n".join([",".join(STEP_COLUMNS), *rows]) + "\n"
-        path.write_text(text)
+        write_text(path, text)
 
     # ---------------------------------------------------------------- evaluation and epoch end
     @torch.no_grad()
@@ -557,12 +763,23 @@ class Trainer:
         model.eval()
         acc = BranchAccuracy(self.num_branches, self.device)
         self.val_loader.sampler.set_epoch(0)
+        signum = 0
         with self._autocast():
-            for x, y in self.val_loader:
+            for i, (x, y) in enumerate(self._on_device(self.val_loader)):
+                if self.stop.signum:  # leave at once: the resumed run evaluates again
+                    signum = self.stop.signum
+                    break
+                for cb in self.callbacks:
+                    cb.on_val_batch(self, i)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.args.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 acc.update(forward_branches(run, x, self.multi_head), y)
+        # each rank leaves at its own batch; all agree (one collective per evaluation) before the metric sums
+        signum = self.stop.signum or signum
+        signum = int(dist_utils.all_reduce(torch.tensor([float(signum)], device=self.device), "max").item())
+        if signum:
+            raise _EvaluationStopped(signum)
         acc.all_reduce()
         return acc.compute(), acc.samples
 
@@ -583,8 +800,13 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         tick = time.perf_counter()
-        metrics, samples = self.evaluate(self.ema.module if self.ema is not None else self.model)
-        raw = self.evaluate(self.model)[0] if self.ema is not None else None
+        self.stop.phase = EVALUATING
+        try:
+            metrics, samples = self.evaluate(self.ema.module if self.ema is not None else self.model)
+            raw = self.evaluate(self.model)[0] if self.ema is not None else None
+        except _EvaluationStopped as e:  # the epoch's steps are done (epoch_step == updates_per_epoch)
+            self._interrupt(e.signum, self.save())
+        self.stop.phase = TRAINING
         eval_seconds = time.perf_counter() - tick
         p = self.progress
         sums = torch.tensor([p["loss"], p["task"], p["decor"], p["steps"]], dtype=torch.float64, device=self.device)
@@ -614,7 +836,9 @@ class Trainer:
         self.save(best=is_best, keep=bool(every) and (epoch + 1) % every == 0)
         if self.main:
             write_csv(self.out / "metrics.csv", epoch_columns(self.num_branches, self.ema is not None), self.history)
-            plot_curves(self.out / "curves.png", self.history, self.num_branches)
+            plot_curves(self.out / "curves.png", self.history, self.num_branches,
+                        title=f"{self.args.model} on {self.args.dataset}"
+                              f"{f' {self.args.data_dir}' if self.args.data_dir else ''} — run {self.out}")
         return row
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
@@ -653,6 +877,8 @@ class Trainer:
                              extra={"data_config": self.data_config, "weights": summary["weights"],
                                     "epochs": self.epoch, "top1": last["top1"]})
                 write_json(self.out / "summary.json", summary)
+            except StorageError:
+                raise  # already one line naming the file and the free space
             except OSError as e:
                 raise CheckpointWriteError(f"cannot write the final weights in {self.out}: {e.strerror or e}") from e
             self.log(f"{PROG}: done: held-out top-1 {last['top1']:.2f}% (top-5 {last['top5']:.2f}%) on "

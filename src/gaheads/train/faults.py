@@ -1,8 +1,12 @@
 """How training stops on its own terms: signals, non-finite losses, and the errors that carry the exit status.
 
-- SIGTERM / SIGINT are recorded by ``StopRequest``; the loop acts at the next optimizer-step
-  boundary (all DDP ranks agree on the step), writes a resumable ``last.pth`` and raises
-  ``TrainingInterrupted`` (exit status 128 + signal number). A second signal stops at once.
+- SIGTERM / SIGINT are recorded by ``StopRequest``; what happens depends on the trainer's phase:
+  during start-up the run stops at once (nothing written yet); while training, the loop acts at
+  the next optimizer-step boundary (all DDP ranks agree on the step); during evaluation it leaves
+  the evaluation at the next batch (a checkpoint being written is finished first: writes are
+  atomic). Each then writes or keeps a resumable ``last.pth`` and raises ``TrainingInterrupted`` (exit status 128 +
+  signal number). After the last epoch's evaluation the run finishes instead (the final weights
+  take seconds). A second signal stops at once.
 - A non-finite loss raises ``NonFiniteLossError`` (exit status 3) once more than
   ``--skip-nonfinite`` optimizer steps have had one.
 
@@ -36,7 +40,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so ``except Exception`` around a run (multi-train) does not swallow it.
     """
 
-    def __init__(self, signum: int, checkpoint: Path, message: str) -> None:
+    def __init__(self, signum: int, checkpoint: Path | None, message: str) -> None:
         super().__init__(message)
         self.signum = signum
         self.checkpoint = checkpoint
@@ -50,8 +54,21 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+# what the trainer is doing, as StopRequest.phase: how a first signal is acted on
+STARTUP, TRAINING, EVALUATING, FINISHING = "start-up", "training", "evaluating", "finishing"
+_ANNOUNCE = {
+    TRAINING: "writing a resumable checkpoint at the next step",
+    EVALUATING: "leaving the evaluation and writing a resumable checkpoint",
+    FINISHING: "the last epoch is done: writing the final weights, then stopping",
+}
+
+
 class StopRequest:
     """Remembers the first SIGTERM/SIGINT so the loop can stop cleanly; a second one aborts at once.
+
+    ``phase`` (set by the trainer) says what a first signal means: in ``STARTUP`` nothing is
+    resumable yet, so the handler raises ``TrainingInterrupted`` at once (its message ends with
+    ``startup_note``); in the other phases it is only recorded, for the loop to act on.
 
     ``install()`` only works in the main thread (Python's rule for signal handlers); elsewhere
     the handlers stay as they were and signals behave as usual. DataLoader workers forked after
@@ -63,6 +80,8 @@ class StopRequest:
         self.signum = 0
         self.announce = announce
         self.pid = os.getpid()
+        self.phase = TRAINING  # the trainer sets STARTUP while it builds the run
+        self.startup_note = "; nothing was written"
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopRequest:
@@ -83,8 +102,11 @@ class StopRequest:
             self.restore()
             raise KeyboardInterrupt(f"second {signal_name(signum)}: stopped without saving")
         self.signum = signum
+        if self.phase == STARTUP:
+            raise TrainingInterrupted(signum, None, f"stopped by {signal_name(signum)} during start-up, before the "
+                                                    f"first training step{self.startup_note}")
         if self.announce:
-            print(f"gaheads train: got {signal_name(signum)}; writing a resumable checkpoint at the next step "
+            print(f"gaheads train: got {signal_name(signum)}; {_ANNOUNCE.get(self.phase, _ANNOUNCE[TRAINING])} "
                   "(send it again to stop at once)", file=sys.stderr, flush=True)
 
 

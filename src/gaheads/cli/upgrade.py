@@ -1,0 +1,96 @@
+"""``gaheads upgrade-checkpoint OLD --trust --output NEW``: re-save a trusted old checkpoint in the safe format.
+
+Checkpoint files are read with ``torch.load(weights_only=True)``: tensors and plain containers
+only, so opening a file never runs code from it. Earlier releases pickled the NumPy RNG state
+(NumPy arrays) into every checkpoint, which such a load refuses. This command reads such a file
+the unsafe way — only with ``--trust``, as unpickling runs whatever code the file holds — turns
+NumPy arrays and scalars, paths and argparse namespaces into tensors and plain data, writes NEW
+atomically and checks that NEW loads the safe way. A file that already loads safely is re-saved
+without needing ``--trust``.
+
+Exit status: 0 converted; 2 refused or unreadable (one line on stderr); 4 NEW could not be
+written (disk full, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import (
+    FORMAT,
+    CheckpointError,
+    StorageError,
+    UnsafeCheckpointError,
+    atomic_save,
+    load_checkpoint,
+    plain_data,
+)
+
+PROG = "gaheads upgrade-checkpoint"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Re-save a trusted checkpoint of an earlier release so that "
+                                "it loads without running code (tensors and plain data only).")
+    p.add_argument("old", metavar="OLD", help="the checkpoint to convert (.pth)")
+    p.add_argument("--output", required=True, metavar="NEW", help="where to write the converted checkpoint")
+    p.add_argument("--trust", action="store_true",
+                   help="unpickle OLD although that can run code it holds: only for a file from a source you trust")
+    return p
+
+
+def read_trusted(path: Path) -> dict[str, Any]:
+    """Unpickle ``path`` with every Python object allowed; call only for a file the user said they trust."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user passed --trust for this file
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a gaheads checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def upgrade(old: str | Path, new: str | Path, trust: bool) -> bool:
+    """Write ``new``: ``old`` as tensors and plain data; True when ``old`` needed converting.
+
+    Raises CheckpointError (one line) when ``old`` needs unpickling and ``trust`` is False, or
+    holds an object with no plain form; StorageError when ``new`` cannot be written.
+    """
+    old, new = Path(old), Path(new)
+    if not old.is_file():
+        raise CheckpointError(f"no checkpoint at {old}")
+    try:
+        ckpt, converted = load_checkpoint(old), False
+    except UnsafeCheckpointError:
+        if not trust:
+            raise CheckpointError(f"{old} needs unpickling, which runs any code the file holds; pass --trust only "
+                                  "if you trust where it came from") from None
+        ckpt, converted = read_trusted(old), True
+    try:
+        data = plain_data(ckpt, "checkpoint")
+    except TypeError as e:
+        raise CheckpointError(f"{old}: {e}") from e
+    atomic_save(data, new)
+    load_checkpoint(new)  # the promise: NEW opens the safe way
+    return converted
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        converted = upgrade(args.old, args.output, args.trust)
+    except StorageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.exit_code
+    except (CheckpointError, OSError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    note = "converted to tensors and plain data" if converted else "already in the safe format; re-saved"
+    print(f"wrote {args.output} ({note}; it loads with torch.load(weights_only=True))")
+    return 0
