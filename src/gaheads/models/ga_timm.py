@@ -27,7 +27,7 @@ from ..heads import HEADS, GramAttentionHead, create_head
 from .base import MultiHeadModel, prefix_matcher
 from .gram_layers import BranchBottleneck
 from .multiscale import SEBottleneck, init_conv_linear, intermediate_blocks
-from .registry import make_cfg, register
+from .registry import UnknownModelError, make_cfg, register, suggest
 
 _logger = logging.getLogger(__name__)
 PATTERN = re.compile(r"^([a-z]+)(\d+)@(.+)$")

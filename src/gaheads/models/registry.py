@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet
 from torch import nn
 
+
 class UnknownModelError(ValueError):
     """A model name that neither gaheads nor timm registers."""
 
