@@ -108,10 +108,13 @@ class CCT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # device: works under a meta context
+        attn_cls = attention_layer(encoder_attention)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=False, attn_drop=attn_drop_rate,
-                  norm_layer=partial(nn.LayerNorm, eps=norm_eps), attn_layer=attention_layer(encoder_attention),
-                  drop_path=dpr[i]) for i in range(depth)])
+                  norm_layer=partial(nn.LayerNorm, eps=norm_eps), drop_path=dpr[i]) for i in range(depth)])
+        for block in self.blocks:
+            # timm 1.0.16's Block takes no attention class: swap in the subclass, same parameters
+            block.attn.__class__ = attn_cls
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.grad_checkpointing = False
         trunc_normal_(self.pos_embed, std=0.2)
