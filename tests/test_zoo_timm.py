@@ -21,6 +21,8 @@ def test_params_within_3pct_of_paper(name):
     assert within(params / 1e6, PAPER[name][0], 0.03), params
 
 
+# measured equal under torch 2.6.0 / timm 1.0.16 (constraints/floor.txt) and torch 2.14.1 / timm 1.0.31
+# (constraints/lock.txt): count_macs counts attention under the math backend, so no kernel choice shows
 @pytest.mark.parametrize("name, size", [("ga_resnet50", 224), ("ga_vit_small", 224),
                                         pytest.param("ga_vit_medium", 32, marks=pytest.mark.slow)])
 def test_gmacs_within_3pct_and_forward_backward(name, size):
