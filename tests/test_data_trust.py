@@ -169,10 +169,11 @@ def test_pil_decompression_bomb_error_and_warning_are_skipped_too(tmp_path, monk
 
 
 def test_train_skips_and_counts_an_image_over_max_image_pixels(tmp_path, capsys, monkeypatch):
-    big = with_big_image(tmp_path)
+    # the limit stays above the 32x32 crops the transforms make: older Pillow checks crops against it too
+    big = with_big_image(tmp_path, size=48)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the command sets it
     with warnings.catch_warnings(), pytest.warns(BadImageWarning, match="skipping image too large"):
-        assert train_main([str(tmp_path), *fast(tmp_path / "out"), "--max-image-pixels", "200"]) == 0
+        assert train_main([str(tmp_path), *fast(tmp_path / "out"), "--max-image-pixels", "600"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_images"] == 1 and summary["skipped_files"] == [str(big)] and summary["steps"] == 3
     assert "; 1 unreadable image(s) skipped so far" in capsys.readouterr().out
@@ -180,18 +181,18 @@ def test_train_skips_and_counts_an_image_over_max_image_pixels(tmp_path, capsys,
 
 def test_predict_and_validate_flag_raises_or_lowers_the_limit(tmp_path, capsys, monkeypatch):
     ckpt, _ = make_checkpoint(tmp_path / "last.pth", class_names=["cat", "dog"])
-    big = with_big_image(tmp_path / "data")
+    big = with_big_image(tmp_path / "data", size=48)  # limits above the 32x32 crops, as in the test above
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # restored after the test, as the commands change it
     with warnings.catch_warnings():  # the commands also silence PIL's own warning process-wide
         assert predict_cli.main(["--checkpoint", str(ckpt), str(big)]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err == [f"gaheads predict: skipped {big}: image too large: over twice PIL's limit of 100 pixels; "
                        "raise the limit with --max-image-pixels", "gaheads predict: no image could be read"]
-        assert predict_cli.main(["--checkpoint", str(ckpt), str(big), "--max-image-pixels", "1000", "--json"]) == 0
+        assert predict_cli.main(["--checkpoint", str(ckpt), str(big), "--max-image-pixels", "3000", "--json"]) == 0
         assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [str(big)]
         val_big = tmp_path / "data" / "val" / "cat" / "0.png"
-        write_image(val_big, 8, size=16)
-        argv = [str(tmp_path / "data"), "--checkpoint", str(ckpt), "--json", "--max-image-pixels", "200"]
+        write_image(val_big, 8, size=48)
+        argv = [str(tmp_path / "data"), "--checkpoint", str(ckpt), "--json", "--max-image-pixels", "600"]
         with pytest.warns(BadImageWarning):
             assert validate_cli.main(argv) == 0
         report = json.loads(capsys.readouterr().out)

@@ -22,7 +22,7 @@ KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
 class FeatureMap(torch.nn.Module):
     """A stand-in backbone whose features are its input, so the head sees exactly the drawn map."""
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # MultiHeadModel calls its backbone for the features
         return x
 
 

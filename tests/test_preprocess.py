@@ -135,7 +135,9 @@ def odd_images(folder) -> dict[str, str]:
 def test_files_keep_their_odd_modes(tmp_path):
     paths = odd_images(tmp_path)
     modes = {name: Image.open(p).mode for name, p in paths.items()}
-    assert modes == {"rgba.png": "RGBA", "la.png": "LA", "pal.png": "P", "int32.tif": "I", "deep.png": "I;16",
+    # Pillow 10.1 opens a 16-bit grayscale PNG as "I", Pillow 13 as "I;16"; open_image gives both the same RGB
+    assert modes.pop("deep.png") in ("I", "I;16")
+    assert modes == {"rgba.png": "RGBA", "la.png": "LA", "pal.png": "P", "int32.tif": "I",
                      "float.tif": "F", "cmyk.jpg": "CMYK", "bilevel.png": "1", "gray.png": "L", "rotated.jpg": "RGB"}
     rotated = open_image(paths["rotated.jpg"])
     assert rotated.size == (8, 16)  # EXIF applied on reading
