@@ -92,6 +92,11 @@ def test_cli_hf_folder_loads_with_timm_local_dir(tmp_path, capsys):
     from gaheads.export import timm_supports_local_dir
 
     ckpt, model = make_checkpoint(tmp_path / "last.pth", name="ga2_cct_2_3x2_32", class_names=list("abcdefghij"))
+    if not timm_supports_local_dir():  # timm 1.0.16: refused with one line, nothing written
+        assert export_cli.main(["--checkpoint", str(ckpt), "--format", "hf", "--output", str(tmp_path / "hf")]) == 2
+        assert "--format hf needs a timm that reads local-dir: folders safely" in capsys.readouterr().err
+        assert not (tmp_path / "hf").exists()
+        return
     assert export_cli.main(["--checkpoint", str(ckpt), "--format", "hf", "--output", str(tmp_path / "hf")]) == 0
     out = capsys.readouterr().out
     hf = tmp_path / "hf"
@@ -100,8 +105,7 @@ def test_cli_hf_folder_loads_with_timm_local_dir(tmp_path, capsys):
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["architecture"] == "ga2_cct_2_3x2_32" and cfg["label_names"] == list("abcdefghij")
     assert cfg["pretrained_cfg"]["classifier"] == "head.classifier" and cfg["num_classes"] == 10
-    if timm_supports_local_dir():
-        loaded = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
-        x = torch.randn(3, 3, 32, 32)
-        with torch.no_grad():
-            assert torch.equal(loaded(x, return_branches=True), model(x, return_branches=True))
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, return_branches=True), model(x, return_branches=True))

@@ -17,6 +17,7 @@ import timm
 import torch
 from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._manipulate import group_parameters
+from zoo_checks import create_on_meta
 
 import gaheads
 from gaheads.models import list_models
@@ -70,7 +71,7 @@ CFG_SUBSET = ("ga2_cct_2_3x2_32", "cct_2_3x2_32", "ga_convnext_tiny_688", "ga_re
 @pytest.mark.parametrize("name", list_models())
 def test_static_cfg(name: str) -> None:
     """Every registered model: timm's config fields name real parameters; meta-device construction."""
-    model = timm.create_model(name, device="meta", dtype=torch.float32)
+    model = create_on_meta(name, via_kwarg=True, dtype=torch.float32)
     cfg = model.default_cfg
     state = model.state_dict()
     assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state

@@ -123,7 +123,8 @@ def as_storage_error(err: OSError, path: str | os.PathLike) -> OSError:
     return storage_error(err.filename or path, err)
 
 
-_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how Rust writers (safetensors) report an errno
+# how Rust writers (safetensors) report an errno: "os error 28" (0.5 and later), "code: 28" (0.4)
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|Os \{ code: (\d+)")
 # how torch's C++ zip writer reports a failed write: the errno itself is lost
 _TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
 
@@ -134,7 +135,7 @@ def _as_os_error(e: BaseException) -> OSError | None:
         return e
     match = _OS_ERROR_IN_TEXT.search(str(e))
     if match:
-        code = int(match.group(1))
+        code = int(match.group(1) or match.group(2))
         return OSError(code, os.strerror(code))
     if isinstance(e, RuntimeError) and any(t in str(e) for t in _TORCH_WRITE_FAILED):
         return OSError(None, "write failed (" + " ".join(str(e).split())[:120] + ")")

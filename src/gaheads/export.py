@@ -239,10 +239,21 @@ def export_hf(model: nn.Module, directory: str | os.PathLike, class_names: Seque
 
 
 def timm_supports_local_dir() -> bool:
-    """Whether the installed timm resolves ``local-dir:`` model names (timm 1.0.9 does not)."""
+    """Whether the installed timm reads ``local-dir:`` folders safely.
+
+    timm 1.0.9 has no ``local-dir:``; timm 1.0.16 has it, but opens every weight file, a
+    ``.safetensors`` one included, with ``torch.load(weights_only=False)``, which fails on
+    safetensors and would run a pickle's code. timm 1.0.31's reader is safe (``weights_only=True``).
+    """
+    import inspect
+
     import timm.models._hub as hub
 
-    return hasattr(hub, "load_model_config_from_path")
+    reader = getattr(hub, "load_state_dict_from_path", None)
+    if reader is None or not hasattr(hub, "load_model_config_from_path"):
+        return False
+    param = inspect.signature(reader).parameters.get("weights_only")
+    return param is not None and param.default is True
 
 
 def load_hf(directory: str | os.PathLike) -> nn.Module:

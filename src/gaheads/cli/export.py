@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
         export_onnx,
         export_torchscript,
         onnx_sidecar,
+        timm_supports_local_dir,
     )
 
     out = Path(args.output)
@@ -70,6 +71,11 @@ def main(argv: list[str]) -> int:
         model = load(args.checkpoint, use_ema=not args.no_ema)
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.format == "hf":
+            if not timm_supports_local_dir():
+                import timm
+
+                raise ExportError(f"--format hf needs a timm that reads local-dir: folders safely (1.0.31 does; "
+                                  f"this is timm {timm.__version__})")
             written = export_hf(model, out, class_names=model.class_names)
             diff = check_hf(out, model)
         elif args.format == "onnx":
