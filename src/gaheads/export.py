@@ -242,7 +242,7 @@ def timm_supports_local_dir() -> bool:
     """Whether the installed timm reads ``local-dir:`` folders safely.
 
     timm 1.0.9 has no ``local-dir:``; timm 1.0.16 has it, but opens every weight file, a
-    ``.safetensors`` one included, with ``torch.load(weights_only=False)``, which fails on
+    ``.safetensors`` one included, with an unrestricted ``torch.load``, which fails on
     safetensors and would run a pickle's code. timm 1.0.31's reader is safe (``weights_only=True``).
     """
     import inspect
