@@ -88,7 +88,7 @@ def test_static_cfg(name: str) -> None:
 def test_default_cfg(name: str) -> None:
     """timm's test_model_default_cfgs (standard models) / _non_std (token models), on meta tensors."""
     with torch.device("meta"):
-        model = timm.create_model(name, device="meta", dtype=torch.float32).eval()
+        model = create_on_meta(name, via_kwarg=True, dtype=torch.float32).eval()
     check_api_contract(model, name)
     cfg = model.default_cfg
     assert model.num_classes > 0 and model.num_features > 0 and model.head_hidden_size > 0
