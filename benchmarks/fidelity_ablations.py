@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fidelity_ablations.py --epochs 3 --init-seeds 0 1 2 3 4 --at-seeds 0 1 2
 
-Two comparisons, each on ``configs/demo_mnist5k.yaml`` (mnist5k, 4,000 / 1,000 digits) with the
+Two comparisons, each on the ``demo`` recipe (mnist5k, 4,000 / 1,000 digits) with the
 same seeds for both arms:
 
 - head init of ``seqattn4_cct_2_3x2_32`` (the demo model): ``head_init="release"`` (the head's
@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-CONFIG = "configs/demo_mnist5k.yaml"
+CONFIG = "demo"  # the recipe make demo trains
 # (comparison, model name registered here, base model, model kwargs)
 ARMS = {
     "init": [("release", "seqattn4_cct_2_3x2_32", {}),
@@ -92,10 +92,11 @@ def main() -> None:
     for comparison, seeds in (("init", args.init_seeds), ("at_query", args.at_seeds)):
         if not seeds:  # e.g. --init-seeds with no values: run only the other comparison
             continue
-        rows: dict[str, list[float]] = {}
-        for arm, base, kwargs in ARMS[comparison]:
-            name = register_variant(base, arm, kwargs)
-            rows[arm] = [top1(run(name, s, args.epochs, out / comparison / f"{arm}-seed{s}")) for s in seeds]
+        names = {arm: register_variant(base, arm, kwargs) for arm, base, kwargs in ARMS[comparison]}
+        rows: dict[str, list[float]] = {arm: [] for arm in names}
+        for s in seeds:  # seed by seed, both arms: an interrupted study still holds paired results
+            for arm, name in names.items():
+                rows[arm].append(top1(run(name, s, args.epochs, out / comparison / f"{arm}-seed{s}")))
         (a, xs), (b, ys) = rows.items()
         diffs = [x - y for x, y in zip(xs, ys)]
         results[comparison] = {"seeds": seeds, a: xs, b: ys, "difference": diffs}

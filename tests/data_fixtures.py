@@ -1,4 +1,4 @@
-"""Tiny generated datasets for the data tests (ImageFolder tree, CIFAR-100 python pickles)."""
+"""Tiny generated datasets for the data tests (ImageFolder tree, CIFAR-100 python pickles), and a fast run's flags."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def make_cifar100(root: Path, n_train: int = 6, n_test: int = 4, n_classes: int 
         pickle.dump({"fine_label_names": names, "coarse_label_names": ["all"]}, f)
     written["names"] = names
     return written
+
+
+def fast_train_flags(out: Path, *extra: str) -> list[str]:
+    """A 1-epoch CCT-2 run into ``out``, batch 2, no augmentation that costs time."""
+    return ["--model", "cct_2_3x2_32", "--epochs", "1", "-b", "2", "--workers", "0", "--no-progress",
+            "--aug-repeats", "0", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--output", str(out), *extra]
+
+
+def error_line(capsys) -> str:
+    """What a command printed to stderr, checked to be one line (no traceback)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")

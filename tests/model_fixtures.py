@@ -1,9 +1,10 @@
-"""Tiny trained-model stand-ins for the inference tests: a gaheads training checkpoint of a fresh model."""
+"""Tiny model stand-ins: a gaheads training checkpoint of a fresh model; small head settings; a clean dynamo."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
@@ -19,3 +20,21 @@ def make_checkpoint(path: Path, name: str = "seqattn4_cct_2_3x2_32", class_names
     atomic_save({"format": FORMAT, "model_config": model_config(model), "model": model.state_dict(),
                  "data_config": data_config(model), "class_names": class_names}, path)
     return path, model
+
+
+HEAD_KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
+
+
+def small_head_kwargs(kind: str) -> dict:
+    """Narrow settings of each head kind, for fast tests."""
+    gram = dict(gram_dim=16, contraction_groups=4)
+    attn = dict(attn_dim=16)
+    return {"ga": {**gram, **attn}, "sg": gram, "seqattn": attn, "at": attn, "seqpool": {}}[kind]
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches emptied before and after a test, so no graph leaks between tests."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -11,25 +11,15 @@ import copy
 
 import pytest
 import torch
+from model_fixtures import HEAD_KINDS, fresh_dynamo, small_head_kwargs  # noqa: F401  (a fixture)
 from torch.profiler import profile
 
 import gaheads
 from gaheads.heads import create_head
 
-KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
+KINDS = HEAD_KINDS
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
-
-def small_kwargs(kind: str) -> dict:
-    gram = dict(gram_dim=16, contraction_groups=4)
-    attn = dict(attn_dim=16)
-    return {"ga": {**gram, **attn}, "sg": gram, "seqattn": attn, "at": attn, "seqpool": {}}[kind]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 # aot_eager also traces the backward; sg, at and seqpool are made of the modules ga and seqattn
@@ -39,7 +29,7 @@ BACKENDS = {"ga": "aot_eager", "seqattn": "aot_eager", "sg": "eager", "at": "eag
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_head_compiles_fullgraph_and_matches_eager_train_step(kind):
-    head = create_head(kind, 32, 7, 3, **small_kwargs(kind)).train()
+    head = create_head(kind, 32, 7, 3, **small_head_kwargs(kind)).train()
     eager = copy.deepcopy(head)
     compiled = torch.compile(head, fullgraph=True, backend=BACKENDS[kind])
     x = torch.randn(4, 32, 5, 5)
@@ -84,7 +74,7 @@ HOST_READS = {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_head_train_step_reads_nothing_back_to_the_host(kind):
-    head = create_head(kind, 32, 7, 3, **small_kwargs(kind)).train()
+    head = create_head(kind, 32, 7, 3, **small_head_kwargs(kind)).train()
     x = torch.randn(4, 32, 5, 5)
     with profile() as prof:
         logits, _ = head.forward_with_attention(x)

@@ -23,6 +23,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from data_fixtures import make_cifar100  # noqa: E402
+from model_fixtures import HEAD_KINDS, fresh_dynamo, small_head_kwargs  # noqa: E402, F401  (a fixture)
 from test_reliability_resume import flags, train_keeping  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -35,25 +36,14 @@ from gaheads.train.cli import main as train_cli  # noqa: E402
 from gaheads.train.config import parse_args  # noqa: E402
 
 pytestmark = [
+    pytest.mark.usefixtures("fresh_dynamo"),
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)"),
 ]
 
-KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
+KINDS = HEAD_KINDS
 CUDA = "cuda"
 
-
-def small_kwargs(kind: str) -> dict:
-    gram = dict(gram_dim=16, contraction_groups=4)
-    attn = dict(attn_dim=16)
-    return {"ga": {**gram, **attn}, "sg": gram, "seqattn": attn, "at": attn, "seqpool": {}}[kind]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +73,7 @@ class OpCounter(TorchDispatchMode):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_heads_run_matmuls_not_convolutions_on_cuda(kind):
-    head = create_head(kind, 32, 7, 3, **small_kwargs(kind)).to(CUDA).train()
+    head = create_head(kind, 32, 7, 3, **small_head_kwargs(kind)).to(CUDA).train()
     x = torch.randn(4, 32, 6, 6, device=CUDA, requires_grad=True)
     with OpCounter() as ops:
         head(x).square().sum().backward()
@@ -95,7 +85,7 @@ def test_heads_run_matmuls_not_convolutions_on_cuda(kind):
 def test_head_compiles_to_one_graph_without_recompiles_across_batch_sizes(kind):
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    head = create_head(kind, 32, 7, 3, **small_kwargs(kind)).to(CUDA).train()
+    head = create_head(kind, 32, 7, 3, **small_head_kwargs(kind)).to(CUDA).train()
     explanation = torch._dynamo.explain(head)(torch.randn(4, 32, 5, 5, device=CUDA))
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
     torch._dynamo.reset()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import make_imagefolder, write_image
+from data_fixtures import error_line, fast_train_flags, make_imagefolder, write_image
 from model_fixtures import make_checkpoint
 from PIL import Image
 
@@ -22,23 +22,11 @@ from gaheads.data import BadImageWarning, DataError, LinkLoopWarning, create_dat
 from gaheads.train.cli import main as train_main
 
 
-def fast(out: Path, *extra: str) -> list[str]:
-    """A 1-epoch CCT-2 run, batch 2, no augmentation that costs time."""
-    return ["--model", "cct_2_3x2_32", "--epochs", "1", "-b", "2", "--workers", "0", "--no-progress",
-            "--aug-repeats", "0", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--output", str(out), *extra]
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err  # one line, no traceback
-    return err.rstrip("\n")
-
-
 # --------------------------------------------------------------------------- class sets
 def test_train_refuses_val_with_other_classes(tmp_path, capsys):
     make_imagefolder(tmp_path, classes=("cat", "dog", "emu"), splits=("train",))
     make_imagefolder(tmp_path, classes=("cat", "emu", "yak"), splits=("val",))
-    assert train_main([str(tmp_path), *fast(tmp_path / "out")]) == 2
+    assert train_main([str(tmp_path), *fast_train_flags(tmp_path / "out")]) == 2
     assert error_line(capsys) == ("gaheads train: train and val class folders differ (missing in val: dog; "
                                   "only in val: yak); the val split must have the same classes as train")
     assert not (tmp_path / "out" / "last.pth").exists()
@@ -86,7 +74,7 @@ def test_symlink_loop_through_train_keeps_the_image_count(tmp_path, capsys):
     looped_folder(tmp_path)
     make_imagefolder(tmp_path, classes=("cat", "dog"), per_class=3, splits=("val",))
     with pytest.warns(LinkLoopWarning):
-        assert train_main([str(tmp_path), *fast(tmp_path / "out")]) == 0
+        assert train_main([str(tmp_path), *fast_train_flags(tmp_path / "out")]) == 0
     assert "on imagefolder: 7 train / 6 val images, 2 classes" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 3  # 7 images, batch 2
 
@@ -118,7 +106,7 @@ def test_one_class_is_refused(tmp_path, capsys):
         create_dataset("imagefolder", tmp_path, "train")
     assert str(e.value) == (f"data folder {train} has one class folder (cat); a classifier needs at least two "
                             f"(expected {train}/<class>/<image files>)")
-    assert train_main([str(tmp_path), *fast(tmp_path / "out")]) == 2
+    assert train_main([str(tmp_path), *fast_train_flags(tmp_path / "out")]) == 2
     assert error_line(capsys) == f"gaheads train: {e.value}"
 
 
@@ -173,7 +161,7 @@ def test_train_skips_and_counts_an_image_over_max_image_pixels(tmp_path, capsys,
     big = with_big_image(tmp_path, size=48)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the command sets it
     with warnings.catch_warnings(), pytest.warns(BadImageWarning, match="skipping image too large"):
-        assert train_main([str(tmp_path), *fast(tmp_path / "out"), "--max-image-pixels", "600"]) == 0
+        assert train_main([str(tmp_path), *fast_train_flags(tmp_path / "out"), "--max-image-pixels", "600"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_images"] == 1 and summary["skipped_files"] == [str(big)] and summary["steps"] == 3
     assert "; 1 unreadable image(s) skipped so far" in capsys.readouterr().out

@@ -4,7 +4,6 @@ pattern models (<head><K>@<timm model>) get their backbone's own data config."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,8 +13,8 @@ from gaheads.heads import HEADS
 from gaheads.models.factory import UnknownModelError
 from gaheads.models.ga_timm import model_pretrained_cfg
 from gaheads.models.registry import list_models
+from gaheads.train.build import data_config
 from gaheads.train.config import parse_args
-from gaheads.train.engine import Trainer
 from gaheads.zoo_table import load_table, measure, select
 
 
@@ -71,11 +70,11 @@ def test_the_pattern_heads_named_in_the_help_are_the_registered_heads():
 def test_pattern_models_train_with_the_backbones_data_config():
     assert model_pretrained_cfg("ga2@vit_tiny_patch16_384")["input_size"] == (3, 384, 384)
     args = parse_args(["--dataset", "mnist5k", "--model", "ga2@vit_tiny_patch16_384"])
-    cfg = Trainer._data_config(SimpleNamespace(args=args))  # no model is built to find it
+    cfg = data_config(args)  # no model is built to find it
     assert (cfg["input_size"], cfg["mean"], cfg["std"], cfg["crop_pct"]) == ([3, 384, 384], [0.5, 0.5, 0.5],
                                                                              [0.5, 0.5, 0.5], 1.0)
     args = parse_args(["--dataset", "mnist5k", "--model", "ga5@resnet18", "--img-size", "64"])
-    cfg = Trainer._data_config(SimpleNamespace(args=args))
+    cfg = data_config(args)
     assert cfg["input_size"] == [3, 64, 64] and cfg["mean"] == [0.485, 0.456, 0.406] and cfg["crop_pct"] == 0.95
     with pytest.raises(UnknownModelError, match=r"^unknown timm model 'resnet1' in 'ga5@resnet1'; did you mean "):
         model_pretrained_cfg("ga5@resnet1")

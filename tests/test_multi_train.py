@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from data_fixtures import make_cifar100, make_imagefolder
+from fault_runner import SignalAtStep
 
 from gaheads.checkpoint import load_checkpoint
 from gaheads.flops import count_params
 from gaheads.models.factory import create_model
-from gaheads.train import multi
+from gaheads.train import engine, multi
 from gaheads.train.config import parse_args
-from gaheads.train.engine import Trainer
 
 TINY = ["--epochs", "1", "-b", "4", "--workers", "0", "--no-progress"]
 
@@ -136,15 +136,13 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, capsys, monkeypa
     out = tmp_path / "runs"
     argv = ["cifar100", "-m", "cct_2_3x2_32", "seqattn2_cct_2_3x2_32", "--data-root", str(tmp_path / "data"),
             "--output", str(out), *TINY]
-    log_step = Trainer._log_step
+    plain_train = engine.train
 
-    def sigterm_after_step_1(self, *a, **kw):
-        log_step(self, *a, **kw)
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # the engine stops at the next step boundary
+    def train_signalled_after_step_1(args, callbacks=None):  # the engine stops at the next step boundary
+        return plain_train(args, callbacks=[SignalAtStep(1, signal.SIGTERM)])
 
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "_log_step", sigterm_after_step_1)
+        m.setattr(engine, "train", train_signalled_after_step_1)
         assert multi.main(argv + ["--log-interval", "1"]) == 143
     last = out / "cifar100" / "cct_2_3x2_32" / "last.pth"
     rows = json.loads((out / "results.json").read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import make_cifar100
+from fault_runner import KeepCheckpointAt
 
 from gaheads.checkpoint import load_checkpoint
 from gaheads.train import engine
 from gaheads.train.cli import main as train_cli
 from gaheads.train.config import parse_args
 
+FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
 # compared exactly; timings and throughput are not
 METRIC_KEYS = ("epoch", "loss", "task_loss", "decor_loss", "top1", "top5", "branch_top1_0", "branch_top1_1",
                "agreement", "model_top1", "model_top5", "eval_samples", "lr", "skipped_steps")
@@ -43,17 +44,7 @@ def train_keeping(argv: list[str], at_step: int) -> Path:
     """Train uninterrupted (also writing last.pth at step ``at_step``); keep that checkpoint as mid.pth."""
     out = Path(parse_args(argv).output)
     kept = out / "mid.pth"
-    original = engine.save_checkpoint
-
-    def save(payload, path):
-        written = original(payload, path)
-        if payload["step"] == at_step:
-            shutil.copyfile(written, kept)
-        return written
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(engine, "save_checkpoint", save)
-        engine.train(parse_args([*argv, "--checkpoint-steps", str(at_step)]))
+    engine.train(parse_args([*argv, "--checkpoint-steps", str(at_step)]), callbacks=[KeepCheckpointAt(at_step, kept)])
     assert load_checkpoint(kept)["epoch_step"] > 0  # a mid-epoch checkpoint
     return kept
 
@@ -120,10 +111,10 @@ def test_resume_mid_epoch_reproduces_the_run_with(case, data, tmp_path):
 
 # --------------------------------------------------------------------------- signals, in a real process
 def start_training(argv: list[str], pause: float) -> subprocess.Popen:
-    env = {**os.environ, "GAHEADS_TEST_SAVE_PAUSE": str(pause),
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float arithmetic as this process
-    proc = subprocess.Popen([sys.executable, "-m", "gaheads.train", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    """gaheads train in its own process, pausing ``pause`` seconds inside each checkpoint write (fault_runner.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float arithmetic as this process
+    proc = subprocess.Popen([sys.executable, str(FAULT_RUNNER), "--pause-save", str(pause), "--", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     watchdog = threading.Timer(240, proc.kill)  # never hang the suite
     watchdog.daemon = True  # nor keep pytest alive once the process is gone
     watchdog.start()
@@ -172,21 +163,6 @@ def test_sigterm_mid_epoch_exits_143_then_resumes_to_the_same_weights(reference,
 
 
 # --------------------------------------------------------------------------- DDP: 2 gloo ranks under torchrun
-KEEP_STEP_3 = """
-import shutil, sys
-from gaheads.train import engine
-original = engine.save_checkpoint
-def save(payload, path):
-    written = original(payload, path)
-    if payload["step"] == 3 and payload["epoch_step"]:
-        shutil.copyfile(written, written.with_name("mid.pth"))
-    return written
-engine.save_checkpoint = save
-from gaheads.train.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def torchrun(*args: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -196,7 +172,8 @@ def torchrun(*args: str) -> None:
 def test_ddp_resume_mid_epoch_reproduces_the_run(data, tmp_path):
     # 16 images over 2 ranks, batch 4 per rank: 2 steps per epoch; step 3 is the middle of epoch 2
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
-    torchrun("--no-python", sys.executable, "-c", KEEP_STEP_3, *flags(data, ref, "--checkpoint-steps", "3"))
+    torchrun("--no-python", sys.executable, str(FAULT_RUNNER), "--keep-mid", "3", "--",
+             *flags(data, ref, "--checkpoint-steps", "3"))
     mid = load_checkpoint(ref / "mid.pth")
     assert (mid["step"], mid["epoch_step"], mid["loader"]["world_size"], len(mid["rng"]["ranks"])) == (3, 1, 2, 2)
     torchrun("-m", "gaheads.train", *flags(data, resumed, "--resume", str(ref / "mid.pth")))

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_runner import SignalAfterEpoch
 from test_stop_request import tiny_flags
 
 from gaheads.checkpoint import load_checkpoint
+from gaheads.train.checkpointing import config_record
 from gaheads.train.cli import main
 from gaheads.train.config import ConfigError, describe_changes, parse_args
-from gaheads.train.engine import Trainer, train
+from gaheads.train.engine import train
 from gaheads.train.faults import TrainingInterrupted
-from gaheads.train.state import config_record
 
 PLAIN = (str, int, float, bool, type(None))
 
@@ -60,19 +61,10 @@ def test_the_checkpoint_records_every_resolved_flag_as_plain_data(data, referenc
 
 
 def test_stopped_after_an_epoch_says_where_the_resume_starts_and_resume_dir_alone_ends_the_same(
-        data, reference, tmp_path, monkeypatch):
+        data, reference, tmp_path):
     run = tmp_path / "run"
-    epoch_line = Trainer._epoch_line
-
-    def sigterm_after_epoch_1(self, row):
-        if row["epoch"] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # after epoch 1's checkpoint: stops before epoch 2
-        return epoch_line(self, row)
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_epoch_line", sigterm_after_epoch_1)
-        with pytest.raises(TrainingInterrupted) as stopped:
-            train(parse_args(tiny_flags(data, run)))
+    with pytest.raises(TrainingInterrupted) as stopped:  # after epoch 1's checkpoint: stops before epoch 2
+        train(parse_args(tiny_flags(data, run)), callbacks=[SignalAfterEpoch(1, signal.SIGTERM)])
     last = run / "last.pth"
     assert str(stopped.value) == (
         f"stopped by SIGTERM after epoch 1, step 4; resumable checkpoint {last}; resume with the same command plus "

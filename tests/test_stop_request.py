@@ -82,7 +82,7 @@ class Hook(TrainerCallback):
             time.sleep(float(arg))
 
     def on_val_batch(self, trainer, index):
-        print("VAL", trainer.epoch + 1, index, flush=True)
+        print("VAL", trainer.state.epoch + 1, index, flush=True)
         if mode == "slow-val":
             time.sleep(float(arg))
         while mode == "hold-val" and not Path(arg).exists():

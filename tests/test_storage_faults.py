@@ -32,8 +32,8 @@ import torch
 from data_fixtures import make_imagefolder
 
 from gaheads.checkpoint import FORMAT, StorageError, free_space, load_checkpoint, model_config
+from gaheads.train.checkpointing import CheckpointWriteError
 from gaheads.train.cli import main as train_main
-from gaheads.train.state import CheckpointWriteError
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2
@@ -45,8 +45,8 @@ WRITERS = textwrap.dedent("""
     import torch
     from gaheads.checkpoint import FORMAT, model_config, save_weights
     from gaheads.models.factory import create_model
-    from gaheads.train.outputs import append_text, epoch_columns, plot_curves, write_csv, write_json
-    from gaheads.train.state import save_checkpoint
+    from gaheads.train.run_log import append_text, epoch_columns, plot_curves, write_csv, write_json
+    from gaheads.train.checkpointing import save_checkpoint
 
     torch.manual_seed(0)
     MODEL = create_model("cct_2_3x2_32", num_classes=2)

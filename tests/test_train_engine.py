@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,10 +16,11 @@ import gaheads
 from gaheads.checkpoint import load_checkpoint
 from gaheads.train.cli import main
 from gaheads.train.config import parse_args
-from gaheads.train.engine import Trainer, train
+from gaheads.train.engine import train
 from gaheads.train.faults import TrainingInterrupted
 
 sys.path.insert(0, str(Path(__file__).parent))
+from fault_runner import NonFiniteLossAt, SignalAtStep  # noqa: E402
 from test_train_config import GA_SEED_COMMANDS, train_argv  # noqa: E402
 
 
@@ -126,38 +126,28 @@ def test_resume_after_one_epoch_gives_the_same_weights(straight, tiny, tmp_path)
     assert resumed["final_top1"] == summary["final_top1"] and resumed["steps"] == 6
 
 
-def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(straight, tiny, tmp_path, monkeypatch):
+def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(straight, tiny, tmp_path):
     out, _ = straight
-    log_step = Trainer._log_step
-
-    def signal_at_step_4(self, *a, **kw):
-        log_step(self, *a, **kw)
-        if self.step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(Trainer, "_log_step", signal_at_step_4)
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(parse_args(tiny_flags(tiny, tmp_path, "--epochs", "2")))
+        train(parse_args(tiny_flags(tiny, tmp_path, "--epochs", "2")), callbacks=[SignalAtStep(4, signal.SIGTERM)])
     assert stopped.value.exit_code == 143
     assert f"--resume {tmp_path / 'last.pth'}" in str(stopped.value)
     ck = load_checkpoint(tmp_path / "last.pth")
     assert (ck["epoch"], ck["step"], ck["epoch_step"]) == (1, 5, 2)  # stopped at the step after the signal
-    monkeypatch.setattr(Trainer, "_log_step", log_step)
     train(parse_args(tiny_flags(tiny, tmp_path, "--epochs", "2", "--resume", str(tmp_path / "last.pth"))))
     same_weights(out, tmp_path)
     assert read_csv(out / "steps.csv") == read_csv(tmp_path / "steps.csv")
     assert read_csv(out / "metrics.csv")[1]["loss"] == read_csv(tmp_path / "metrics.csv")[1]["loss"]
 
 
-def test_nonfinite_loss_stops_with_exit_3_or_is_skipped(tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("GAHEADS_TEST_NAN_STEPS", "2")
+def test_nonfinite_loss_stops_with_exit_3_or_is_skipped(tiny, tmp_path, capsys):
     flags = tiny_flags(tiny, tmp_path, "--epochs", "1")
-    assert main(flags) == 3
+    assert main(flags, callbacks=[NonFiniteLossAt(2)]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "non-finite loss at optimizer step 2 (epoch 1, batches 3-4 of 6); sample indices [" in err
     assert "last good checkpoint: none written yet" in err
-    summary = train(parse_args(flags + ["--skip-nonfinite", "1"]))
+    summary = train(parse_args(flags + ["--skip-nonfinite", "1"]), callbacks=[NonFiniteLossAt(2)])
     assert summary["skipped_steps"] == 1 and summary["steps"] == 3
     assert "skipped optimizer step 2" in capsys.readouterr().out
 

@@ -139,7 +139,7 @@ def test_rng_state_round_trips_through_a_safe_load(tmp_path):
     import random
 
     from gaheads.checkpoint import atomic_save
-    from gaheads.train.state import rng_state, set_rng_state
+    from gaheads.train.rng import rng_state, set_rng_state
 
     cpu = torch.device("cpu")
     np.random.seed(3), random.seed(4), torch.manual_seed(5)

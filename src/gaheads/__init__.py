@@ -11,8 +11,6 @@ import importlib
 import os
 import sys
 
-__version__ = "0.1.0"
-
 # public name -> the submodule that defines it
 _EXPORTS = {
     "LossParts": "loss", "MultiHeadLoss": "loss", "create_task_loss": "loss",
@@ -25,7 +23,20 @@ __all__ = ["LossParts", "MultiHeadLoss", "MultiHeadModel", "create_head", "creat
            "explain", "list_models", "load", "models", "predict", "save_weights", "__version__"]
 
 
+def _installed_version() -> str:
+    """The installed distribution's version (pyproject's), "0+unknown" when gaheads runs from a bare source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gaheads")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":  # read from the package metadata on first use: importing gaheads stays light
+        globals()[name] = _installed_version()
+        return globals()[name]
     if name == "models":
         return importlib.import_module(".models", __name__)
     if name in _EXPORTS:

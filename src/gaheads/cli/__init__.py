@@ -44,6 +44,31 @@ def add_threads_arg(parser: argparse.ArgumentParser) -> None:
                              "at least 1)")
 
 
+def add_pixel_limit_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels N``: images of more pixels are skipped (0: no limit)."""
+    from ..train.config import whole_number  # argparse only: --help stays fast
+
+    parser.add_argument("--max-image-pixels", type=whole_number(0), default=None, metavar="N",
+                        help="skip images of more pixels than N; 0: no limit (default: PIL's limit, 89,478,485)")
+
+
+def set_up_command(args: argparse.Namespace) -> None:
+    """The process-wide settings a command, never the library, may choose: threads and PIL's pixel limit."""
+    from ..threads import apply_threads
+
+    apply_threads(args.threads)
+    if getattr(args, "max_image_pixels", None) is not None:
+        from ..preprocess import set_pil_pixel_limit
+
+        set_pil_pixel_limit(args.max_image_pixels)
+
+
+def failed(prog: str, error: Exception) -> int:
+    """Print a command's error as one line; its exit status: the error's own (4: storage) or 2."""
+    print(f"{prog}: {error}", file=sys.stderr)
+    return int(getattr(error, "exit_code", 2))
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: gaheads SUBCOMMAND [options]   (gaheads SUBCOMMAND -h for its options)", "", "subcommands:"]

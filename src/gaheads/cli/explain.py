@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from . import add_checkpoint_args
+from . import add_checkpoint_args, failed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     # the model stack loads only now, so --help answers at once
     from ..attention_maps import ExplainError, describe, explain
-    from ..checkpoint import CheckpointError, StorageError, as_storage_error, load
+    from ..checkpoint import CheckpointError, as_storage_error, load
     from ..inference import ImageError
 
     output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_explain.png")
@@ -38,12 +37,8 @@ def main(argv: list[str]) -> int:
             result = explain(model, args.image, output)
         except OSError as e:  # the image was read (ImageError otherwise): a fault writing the PNG
             raise as_storage_error(e, output) from e
-    except StorageError as e:
-        print(f"gaheads explain: {e}", file=sys.stderr)
-        return e.exit_code
-    except (CheckpointError, ExplainError, ImageError, OSError) as e:
-        print(f"gaheads explain: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ExplainError, ImageError, OSError) as e:  # OSError: StorageError too (exit 4)
+        return failed("gaheads explain", e)
     if result.message:
         print(result.message)
     for i, (c, p) in enumerate(result.branch_top):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import add_checkpoint_args
+from . import add_checkpoint_args, failed
 
 if TYPE_CHECKING:  # torch loads when the command runs, so --help answers at once
     import torch
@@ -53,7 +53,7 @@ def check_safetensors(path: Path, model: torch.nn.Module) -> float:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError, StorageError, load, save_weights
+    from ..checkpoint import CheckpointError, load, save_weights
     from ..export import (
         ExportError,
         check_hf,
@@ -87,12 +87,8 @@ def main(argv: list[str]) -> int:
         else:
             written = list(save_weights(model, out, class_names=model.class_names))
             diff = check_safetensors(written[0], model)
-    except StorageError as e:
-        print(f"gaheads export: {e}", file=sys.stderr)
-        return e.exit_code
-    except (CheckpointError, ExportError, OSError, ValueError) as e:
-        print(f"gaheads export: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ExportError, OSError, ValueError) as e:  # OSError: StorageError too (exit 4)
+        return failed("gaheads export", e)
     for path in written:
         print(f"wrote {path}")
     print(f"max abs diff vs PyTorch (batch 1 and 3): {diff:.3g}")

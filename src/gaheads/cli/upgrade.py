@@ -15,7 +15,6 @@ written (disk full, ...).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ import torch
 from ..checkpoint import (
     FORMAT,
     CheckpointError,
-    StorageError,
     UnsafeCheckpointError,
     atomic_save,
     load_checkpoint,
     plain_data,
 )
+from . import failed
 
 PROG = "gaheads upgrade-checkpoint"
 
@@ -85,12 +84,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         converted = upgrade(args.old, args.output, args.trust)
-    except StorageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return e.exit_code
-    except (CheckpointError, OSError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, OSError) as e:  # OSError: StorageError too (exit 4)
+        return failed(PROG, e)
     note = "converted to tensors and plain data" if converted else "already in the safe format; re-saved"
     print(f"wrote {args.output} ({note}; it loads with torch.load(weights_only=True))")
     return 0

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..train.config import DATASETS as DATASET_KINDS  # the same kinds as gaheads.data's, without loading torch
-from ..train.config import whole_number
-from . import add_checkpoint_args, add_threads_arg
+from . import add_checkpoint_args, add_pixel_limit_arg, add_threads_arg, failed, set_up_command
 
 if TYPE_CHECKING:  # torch and the model stack load when the command runs, so --help answers at once
     import torch
@@ -120,28 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diversity", action="store_true", help="add the head diversity report, heatmap and JSON")
     p.add_argument("--output", default=None, help="folder for diversity.png/json (default: the checkpoint's folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    p.add_argument("--max-image-pixels", type=whole_number(0), default=None, metavar="N",
-                   help="skip images of more pixels than N; 0: no limit (default: PIL's limit, 89,478,485)")
+    add_pixel_limit_arg(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from ..threads import apply_threads
-
-    apply_threads(args.threads)  # process-wide: the command's choice, never the library's
     import torch
 
-    from ..checkpoint import CheckpointError, StorageError, load, resolve_checkpoint
+    from ..checkpoint import CheckpointError, load, resolve_checkpoint
     from ..data import DataError, check_classes, create_dataset, create_loader
-    from ..preprocess import eval_transform, resolve_data_config, set_pil_pixel_limit
+    from ..preprocess import eval_transform, resolve_data_config
 
     try:
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
+        set_up_command(args)
         model = load(args.checkpoint, use_ema=not args.no_ema).to(torch.device(args.device))
-        if args.max_image_pixels is not None:
-            set_pil_pixel_limit(args.max_image_pixels)  # process-wide: a command's choice, as in train
         transform = eval_transform(resolve_data_config(model))  # the transform predict and training use
         dataset = create_dataset(args.dataset, args.data, args.split, transform=transform,
                                  max_pixels=args.max_image_pixels)
@@ -159,12 +153,8 @@ def main(argv: list[str]) -> int:
         if args.diversity:
             folder = Path(args.output) if args.output else resolve_checkpoint(args.checkpoint).parent
             files = write_diversity(report, folder, f"{Path(args.checkpoint).name} on {args.dataset}/{args.split}")
-    except StorageError as e:
-        print(f"gaheads validate: {e}", file=sys.stderr)
-        return e.exit_code
-    except (CheckpointError, DataError, ValueError, OSError) as e:
-        print(f"gaheads validate: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, DataError, ValueError, OSError) as e:  # OSError: StorageError too (exit 4)
+        return failed("gaheads validate", e)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -10,9 +10,9 @@ from torch.utils.data import Dataset
 from .cifar import Cifar100
 from .errors import DataError
 from .imagefolder import RobustImageFolder, check_split_folder
+from .kinds import DATASET_KINDS
 from .mnist5k import Mnist5k
 
-DATASET_KINDS = ("imagefolder", "cifar100", "mnist5k")
 # split names for the kinds with exactly two splits; for imagefolder a split is any folder under the root
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "val"}
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("imagefolder", "cifar100", "mnist5k")
+from ..data.kinds import DATASET_KINDS as DATASETS  # torch-free: --help lists them without loading torch
+
 SCHEDULERS = ("cosine", "tanh", "poly", "step")
-PROG = "gaheads train"
+PROG = "gaheads train"  # the command's name in its messages; cli, engine and the loop's parts import it
 
 
 class ConfigError(ValueError):
@@ -111,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shipped recipe by name (gaheads recipes lists them: small, finetune, cifar100, "
                         "imagenet-ga, demo) or a YAML file of flag values (keys are flag names); command-line "
                         "flags override it")
+    for add_group in (_add_data_flags, _add_model_flags, _add_preprocessing_flags, _add_augmentation_flags,
+                      _add_loss_flags, _add_optimizer_flags, _add_schedule_flags, _add_ema_flags, _add_runtime_flags,
+                      _add_output_flags):
+        add_group(p)
+    return p
 
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="dataset kind")
     g.add_argument("--train-split", default="train", help="split name for training")
@@ -123,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: PIL's decompression-bomb limit, 89,478,485)")
     g.add_argument("--pin-mem", action="store_true", help="pin host memory in the loaders (default: on with CUDA)")
 
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="seqattn8_cct_7_3x1_32",
                    help="model name (gaheads models lists them), or <head><K>@<timm model>, e.g. ga5@resnet18")
@@ -134,12 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--GA_lam", "--GA-lam", dest="GA_lam", type=ANY, default=-0.8,
                    help="lambda of the branch decorrelation loss (negative pushes branches apart)")
 
+
+def _add_preprocessing_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (default: from the model's pretrained cfg)")
     g.add_argument("--mean", type=ANY, nargs=3, default=None, metavar="M", help="normalisation mean")
     g.add_argument("--std", type=POSITIVE, nargs=3, default=None, metavar="S", help="normalisation std")
     g.add_argument("--crop-pct", type=POSITIVE, default=None, help="evaluation centre-crop fraction")
     g.add_argument("--interpolation", default=None, help="evaluation resize interpolation")
 
+
+def _add_augmentation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation")
     g.add_argument("--scale", type=POSITIVE, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area range")
@@ -161,11 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"), help="how mixup is applied")
     g.add_argument("--mixup-off-epoch", type=int, default=0, help="turn mixup off from this epoch (0: never)")
 
+
+def _add_loss_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loss")
     g.add_argument("--smoothing", type=FRACTION, default=0.1, help="label smoothing")
     g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy task loss (timm)")
     g.add_argument("--bce-target-thresh", type=ANY, default=None, help="binarise BCE targets at this threshold")
 
+
+def _add_optimizer_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimizer")
     g.add_argument("--opt", default="lamb", help="timm optimizer name")
     g.add_argument("--opt-eps", type=POSITIVE, default=None, help="optimizer epsilon (default: the optimizer's)")
@@ -181,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per rank")
     g.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
 
+
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("schedule")
     g.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="lr schedule (stepped per optimizer update)")
     g.add_argument("--epochs", type=int, default=300, help="epochs")
@@ -191,11 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay-epochs", type=POSITIVE, default=90, help="step schedule: epochs between decays")
     g.add_argument("--decay-rate", type=POSITIVE, default=0.1, help="step schedule: decay factor")
 
+
+def _add_ema_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("EMA")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (stepped per update)")
     g.add_argument("--model-ema-decay", type=FRACTION, default=0.9998, help="EMA decay")
     g.add_argument("--model-ema-warmup", action="store_true", help="ramp the EMA decay up over the first updates")
 
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--amp", action="store_true", help="mixed precision: bf16 where supported, else fp16 + scaler")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
@@ -220,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=int(os.environ.get("LOCAL_RANK", 0)),
                    help="set by torch.distributed.launch; the LOCAL_RANK environment variable wins")
 
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--output", default=None,
                    help="output folder (default: runs/<dataset>-<model>-<time>; with --resume, the checkpoint's)")
@@ -236,7 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip up to N optimizer steps whose loss is not finite before stopping")
     g.add_argument("--log-interval", type=int, default=50, help="optimizer steps between loss logs (steps.csv)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def _dest_index(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

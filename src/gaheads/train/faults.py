@@ -10,9 +10,7 @@
 - A non-finite loss raises ``NonFiniteLossError`` (exit status 3) once more than
   ``--skip-nonfinite`` optimizer steps have had one.
 
-Test hook: ``GAHEADS_TEST_NAN_STEPS="3,5"`` makes the loss non-finite at those optimizer steps
-(1-based global step numbers, counted across resumes), so the non-finite path can be tested
-deterministically.
+Tests make a loss non-finite through a ``TrainerCallback.on_loss`` hook passed to ``engine.train``.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-NAN_STEPS_ENV = "GAHEADS_TEST_NAN_STEPS"
+from .config import PROG
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -106,19 +105,8 @@ class StopRequest:
             raise TrainingInterrupted(signum, None, f"stopped by {signal_name(signum)} during start-up, before the "
                                                     f"first training step{self.startup_note}")
         if self.announce:
-            print(f"gaheads train: got {signal_name(signum)}; {_ANNOUNCE.get(self.phase, _ANNOUNCE[TRAINING])} "
+            print(f"{PROG}: got {signal_name(signum)}; {_ANNOUNCE.get(self.phase, _ANNOUNCE[TRAINING])} "
                   "(send it again to stop at once)", file=sys.stderr, flush=True)
-
-
-def nan_test_steps() -> frozenset[int]:
-    """Optimizer steps (1-based) whose loss the test hook makes non-finite."""
-    text = os.environ.get(NAN_STEPS_ENV, "").strip()
-    if not text:
-        return frozenset()
-    try:
-        return frozenset(int(s) for s in text.replace(" ", "").split(",") if s)
-    except ValueError as e:
-        raise ValueError(f"{NAN_STEPS_ENV} must be comma-separated step numbers, got {text!r}") from e
 
 
 def describe_indices(indices: list[int], limit: int = 16) -> str:

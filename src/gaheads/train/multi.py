@@ -27,12 +27,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 PROG = "gaheads multi-train"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,20 @@ def write_table(rows: list[dict[str, Any]], output: Path) -> None:
     atomic_write(output / "results.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
+def train_or_keep(prog: str, argv: list[str], out: Path, rank0: bool) -> dict[str, Any]:
+    """Train the run ``argv`` describes into ``out``: resumed where an earlier one stopped, kept when it
+    finished; its summary."""
+    state, summary = earlier_run(out, argv)
+    if state == "done":
+        if rank0:
+            print(f"{prog}: {out} already holds this run, trained to the end; keeping it "
+                  "(delete the folder to train it again)", flush=True)
+        return summary
+    if state == "resume":
+        argv = [*argv, "--resume", str(out / "last.pth")]
+    return train_one(argv)
+
+
 def run_all(opts: argparse.Namespace, extra: list[str]) -> tuple[list[dict[str, Any]], int]:
     """Train every (setup, model, seed); the result rows and the exit status."""
     output = Path(opts.output)
@@ -254,15 +269,7 @@ def run_all(opts: argparse.Namespace, extra: list[str]) -> tuple[list[dict[str, 
                             print(f"{PROG}: {note}", flush=True)
                         print(f"{PROG}: [{len(rows) + 1}] {setup.name} / {model}"
                               + (f" / seed {seed}" if seed is not None else "") + f" -> {out}", flush=True)
-                    state, summary = earlier_run(out, argv)
-                    if state == "done":
-                        if rank0:
-                            print(f"{PROG}: {out} already holds this run, trained to the end; keeping it "
-                                  "(delete the folder to train it again)", flush=True)
-                    else:
-                        if state == "resume":
-                            argv += ["--resume", str(out / "last.pth")]
-                        summary = train_one(argv)
+                    summary = train_or_keep(PROG, argv, out, rank0)
                 except KeyboardInterrupt as e:  # the engine's TrainingInterrupted (a signal) or Ctrl-C
                     signum = getattr(e, "signum", signal.SIGINT)
                     checkpoint = getattr(e, "checkpoint", None)
@@ -301,15 +308,22 @@ def join_process_group(extra: Sequence[str]) -> Any:
         return None
     from .distributed import setup
 
+    return setup(device_flag(extra), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_flag(extra: Sequence[str]) -> str | None:
+    """The ``--device`` among the flags passed through to every run, if any."""
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default=None)
-    return setup(device.parse_known_args(list(extra))[0].device, int(os.environ.get("LOCAL_RANK", "0")))
+    return device.parse_known_args(list(extra))[0].device
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    opts, extra = parser.parse_known_args(argv)
+def refuse_before_running(opts: argparse.Namespace) -> str | None:
+    """What multi-train and sweep both refuse before any run starts: the message, or None.
+
+    Unknown setups or recipe, two setups with one name, ``--epochs`` below 1, an output folder
+    that cannot be created (on rank 0, which alone writes there).
+    """
     try:
         # parse_known_args puts stray positionals into `setups`; name them plainly.
         for name in opts.setups:
@@ -319,30 +333,46 @@ def main(argv: list[str] | None = None) -> int:
 
             resolve(opts.recipe)
     except ValueError as e:  # an unknown setup, or a RecipeNotFound
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+        return str(e)
     names = [resolve_setup(n).name for n in opts.setups]
-    if len(set(names)) < len(names):
-        print(f"{PROG}: two setups share the name {next(n for n in names if names.count(n) > 1)!r} (their runs would "
-              "share a folder); rename one data folder", file=sys.stderr)
-        return 2
+    shared = next((n for n in names if names.count(n) > 1), None)
+    if shared is not None:
+        return f"two setups share the name {shared!r} (their runs would share a folder); rename one data folder"
     if opts.epochs is not None and opts.epochs < 1:
-        print(f"{PROG}: --epochs must be >= 1, got {opts.epochs}", file=sys.stderr)
-        return 2
+        return f"--epochs must be >= 1, got {opts.epochs}"
     if is_rank0():
         try:
             Path(opts.output).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            print(f"{PROG}: cannot create output folder {opts.output} ({e.strerror or e})", file=sys.stderr)
-            return 2
+            return f"cannot create output folder {opts.output} ({e.strerror or e})"
+    return None
+
+
+def run_in_process_group(run: Callable[[argparse.Namespace, list[str]], R], opts: argparse.Namespace,
+                         extra: list[str]) -> R:
+    """``run(opts, extra)`` inside the torchrun process group when launched by torchrun, else plainly;
+    with the CPU allocator tuned as ``gaheads train`` tunes it."""
+    from .cli import tune_cpu_allocator
+
+    tune_cpu_allocator(device_flag(extra))
     group = join_process_group(extra)
     try:
-        rows, code = run_all(opts, extra)
+        return run(opts, extra)
     finally:
         if group is not None:
             from .distributed import teardown
 
             teardown(group)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    opts, extra = build_parser().parse_known_args(argv)
+    refused = refuse_before_running(opts)
+    if refused:
+        print(f"{PROG}: {refused}", file=sys.stderr)
+        return 2
+    rows, code = run_in_process_group(run_all, opts, extra)
     if is_rank0():
         write_table(rows, Path(opts.output))
         print(f"{PROG}: results in {Path(opts.output) / 'results.md'}", flush=True)

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .multi import earlier_run, is_rank0, join_process_group, one_line, resolve_setup, train_argv, train_one
+from .multi import (
+    is_rank0,
+    one_line,
+    refuse_before_running,
+    resolve_setup,
+    run_in_process_group,
+    train_argv,
+    train_or_keep,
+)
 
 PROG = "gaheads sweep"
 HEAD_KINDS = ("ga", "seqattn", "sg", "at")
@@ -205,15 +213,7 @@ def run_sweep(opts: argparse.Namespace, extra: list[str]) -> tuple[list[dict[str
                             print(f"{PROG}: [{len(runs) + 1}] {setup.name} / {cell.model} / "
                                   + ("baseline" if cell.lam is None else f"λ {cell.lam:g}")
                                   + (f" / seed {seed}" if seed is not None else "") + f" -> {out}", flush=True)
-                        state, summary = earlier_run(out, argv)
-                        if state == "done":
-                            if rank0:
-                                print(f"{PROG}: {out} already holds this run, trained to the end; keeping it",
-                                      flush=True)
-                        else:
-                            if state == "resume":
-                                argv += ["--resume", str(out / "last.pth")]
-                            summary = train_one(argv)
+                        summary = train_or_keep(PROG, argv, out, rank0)
                     except KeyboardInterrupt as e:  # the engine's TrainingInterrupted (a signal) or Ctrl-C
                         signum = getattr(e, "signum", signal.SIGINT)
                         row.update(status="interrupted", top1=None, top5=None, params=None,
@@ -241,38 +241,13 @@ def run_sweep(opts: argparse.Namespace, extra: list[str]) -> tuple[list[dict[str
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts, extra = build_parser().parse_known_args(argv)
-    try:
-        for name in opts.setups:
-            resolve_setup(name)
-        if opts.recipe:
-            from ..recipes import resolve
-
-            resolve(opts.recipe)
-    except ValueError as e:  # an unknown setup, or a RecipeNotFound
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
     bad = [k for k in opts.heads if k < 1]
-    if bad:
-        print(f"{PROG}: --heads must be >= 1, got {bad[0]}", file=sys.stderr)
-        return 2
-    if opts.epochs is not None and opts.epochs < 1:
-        print(f"{PROG}: --epochs must be >= 1, got {opts.epochs}", file=sys.stderr)
+    refused = f"--heads must be >= 1, got {bad[0]}" if bad else refuse_before_running(opts)
+    if refused:
+        print(f"{PROG}: {refused}", file=sys.stderr)
         return 2
     output = Path(opts.output)
-    if is_rank0():
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            print(f"{PROG}: cannot create output folder {output} ({e.strerror or e})", file=sys.stderr)
-            return 2
-    group = join_process_group(extra)
-    try:
-        runs, code = run_sweep(opts, extra)
-    finally:
-        if group is not None:
-            from .distributed import teardown
-
-            teardown(group)
+    runs, code = run_in_process_group(run_sweep, opts, extra)
     if is_rank0() and runs:
         write_results(runs, output)
         print(f"{PROG}: results in {output / 'results.md'}, figures {output}/sweep_<setup>.png", flush=True)
