@@ -24,7 +24,7 @@ import torch
 import gaheads  # noqa: F401  (registers the models)
 from gaheads.heads import create_head
 from gaheads.heads.common import set_cpu_convolutions
-from gaheads.loss import MultiHeadLoss
+from gaheads.loss import MultiBranchLoss
 
 HEADS = {
     "ga": dict(gram_dim=64, contraction_groups=8, attn_dim=64, mlp_groups=2),
@@ -45,7 +45,7 @@ def head_step(kind: str, batch: int) -> tuple[torch.nn.Module, Callable[[], None
 def model_step(name: str, batch: int) -> tuple[torch.nn.Module, Callable[[], None]]:
     model = timm.create_model(name, num_classes=100).train()
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 100, (batch,))
-    loss_fn = MultiHeadLoss(lam=-0.8)
+    loss_fn = MultiBranchLoss(lam=-0.8)
 
     def step() -> None:
         loss_fn(model.forward_heads(x), y)[0].backward()

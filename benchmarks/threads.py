@@ -22,7 +22,7 @@ import time
 import torch
 
 from gaheads.cpu_memory import keep_freed_memory
-from gaheads.loss import MultiHeadLoss, create_task_loss
+from gaheads.loss import MultiBranchLoss, create_task_loss
 from gaheads.models.factory import create_model
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     keep_freed_memory()
     torch.manual_seed(0)
     model = create_model(a.model, num_classes=10).train()
-    loss_fn = MultiHeadLoss(create_task_loss(0.1), lam=-0.8)
+    loss_fn = MultiBranchLoss(create_task_loss(0.1), lam=-0.8)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(a.batch_size, 3, 32, 32), torch.randint(0, 10, (a.batch_size,))
     times: dict[tuple[int, bool], list[float]] = {(t, busy): [] for t in a.threads for busy in (False, True)}

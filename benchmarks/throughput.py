@@ -42,8 +42,8 @@ import gaheads
 from gaheads.cpu_memory import keep_freed_memory
 from gaheads.flops import count_macs
 from gaheads.heads import common as heads_common
-from gaheads.loss import MultiHeadLoss
-from gaheads.models.base import MultiHeadModel
+from gaheads.loss import MultiBranchLoss
+from gaheads.models.base import MultiBranchModel
 from gaheads.models.factory import UnknownModelError
 
 # the paper's training throughput of each head model as a fraction of its baseline's
@@ -115,8 +115,8 @@ def make_bench(name: str, args: argparse.Namespace, device: torch.device) -> Ben
         x = x.contiguous(memory_format=torch.channels_last)
     num_classes = model.num_classes
     y = torch.randint(0, num_classes, (batch,), device=device)
-    multi_head = isinstance(model, MultiHeadModel)
-    loss_fn = MultiHeadLoss(nn.CrossEntropyLoss(), lam=-0.8) if multi_head else nn.CrossEntropyLoss()
+    multi_head = isinstance(model, MultiBranchModel)
+    loss_fn = MultiBranchLoss(nn.CrossEntropyLoss(), lam=-0.8) if multi_head else nn.CrossEntropyLoss()
     # torch's fused AdamW (one kernel per step on CPU and CUDA): the same update as the default
     # per-tensor loop, whose cost grows with the number of parameter tensors rather than the MACs
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)

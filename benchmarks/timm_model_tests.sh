@@ -7,7 +7,7 @@
 # (default /tmp/timm_model_tests). The test file's assertions are unchanged; three lists are
 # extended so timm's selection logic knows gaheads' models: token-output models join
 # NON_STD_FILTERS (timm's rules for ViT-like models), gaheads' modules join FEAT_INTER_FILTERS
-# (models with forward_intermediates), and `import gaheads` registers the models.
+# (models with forward_intermediates), and `import gaheads` registers the models. Results: docs/timm.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}

@@ -8,9 +8,9 @@ from model_fixtures import make_checkpoint
 from PIL import Image
 
 import gaheads
-from gaheads.attention_maps import describe
 from gaheads.checkpoint import data_config
 from gaheads.cli import explain as explain_cli
+from gaheads.explanation import describe
 from gaheads.inference import eval_transform, load_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,7 @@ Hypothesis draws the width C, the map size H x W, the branch count K, the class 
 batch (1 runs in eval mode: train-mode BN needs two values per channel), the memory format
 and the head's own sizes. For every draw the logits are finite with shape (B, K, classes),
 channels-last input gives what contiguous input gives, and the ensemble prediction of a
-MultiHeadModel equals the mean of the K per-branch heads run one by one (tests/reference_heads).
+MultiBranchModel equals the mean of the K per-branch heads run one by one (tests/reference_heads).
 """
 
 import pytest
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reference_heads import randomize, reference_of
 
 from gaheads.heads import create_head
-from gaheads.models.base import MultiHeadModel
+from gaheads.models.base import MultiBranchModel
 
 KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
 
@@ -22,7 +22,7 @@ KINDS = ["ga", "seqattn", "seqpool", "sg", "at"]
 class FeatureMap(torch.nn.Module):
     """A stand-in backbone whose features are its input, so the head sees exactly the drawn map."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # MultiHeadModel calls its backbone for the features
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # MultiBranchModel calls its backbone for the features
         return x
 
 
@@ -45,7 +45,7 @@ def head_configs(draw):
 def test_head_properties(config, h, w, k, classes, batch, channels_last, train):
     kind, dim, kwargs = config
     torch.manual_seed(0)
-    model = MultiHeadModel(FeatureMap(), create_head(kind, dim, classes, k, **kwargs))
+    model = MultiBranchModel(FeatureMap(), create_head(kind, dim, classes, k, **kwargs))
     randomize(model.head)
     model.train(train and batch > 1)
     x = torch.randn(batch, dim, h, w)

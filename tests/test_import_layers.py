@@ -24,8 +24,8 @@ def test_a_function_local_cycle_fails_the_check(tmp_path):
     shutil.copytree(ROOT / "src" / "gaheads", src / "gaheads", ignore=shutil.ignore_patterns("__pycache__"))
     heads = src / "gaheads" / "heads" / "common.py"
     # a lower layer reaching up from inside a function: the kind of import that hid cycles before
-    heads.write_text(heads.read_text() + "\n\ndef _late():\n    from ..models.base import MultiHeadModel\n"
-                     "    return MultiHeadModel\n")
+    heads.write_text(heads.read_text() + "\n\ndef _late():\n    from ..models.base import MultiBranchModel\n"
+                     "    return MultiBranchModel\n")
     res = run_check(src)
     assert res.returncode == 1
     lines = res.stdout.splitlines()

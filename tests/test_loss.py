@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from gaheads.loss import MultiHeadLoss, create_task_loss
+from gaheads.loss import MultiBranchLoss, create_task_loss
 
 
 def hand_loss(logits, target, lam):
@@ -36,7 +36,7 @@ def test_loss_equals_hand_computed_value():
     logits = torch.tensor([[[2.0, 0.5, -1.0], [0.0, 1.0, 0.3]],
                            [[-0.5, 0.2, 1.5], [1.2, -0.7, 0.1]]])  # (B=2, K=2, n=3)
     target = torch.tensor([0, 2])
-    loss, task, decor = MultiHeadLoss(torch.nn.CrossEntropyLoss(), lam=-0.8)(logits, target)
+    loss, task, decor = MultiBranchLoss(torch.nn.CrossEntropyLoss(), lam=-0.8)(logits, target)
     want, want_task, want_kl = hand_loss(logits, target.tolist(), -0.8)
     assert loss.item() == pytest.approx(want, rel=1e-6)
     assert task.item() == pytest.approx(want_task, rel=1e-6)
@@ -48,7 +48,7 @@ def test_loss_equals_hand_computed_value():
 def test_single_branch_has_no_decorrelation():
     logits = torch.randn(4, 1, 7)
     target = torch.randint(0, 7, (4,))
-    parts = MultiHeadLoss(lam=-0.8)(logits, target)
+    parts = MultiBranchLoss(lam=-0.8)(logits, target)
     assert parts.decorrelation.item() == 0.0
     torch.testing.assert_close(parts.loss, F.cross_entropy(logits[:, 0], target))
 
@@ -57,7 +57,7 @@ def test_single_branch_has_no_decorrelation():
 def test_task_is_sum_of_branch_means(task):
     logits = torch.randn(5, 3, 6)
     target = torch.randint(0, 6, (5,))
-    parts = MultiHeadLoss(task, lam=0.0)(logits, target)
+    parts = MultiBranchLoss(task, lam=0.0)(logits, target)
     want = sum(task(logits[:, k], target) for k in range(3))
     torch.testing.assert_close(parts.task, want)
 
@@ -65,7 +65,7 @@ def test_task_is_sum_of_branch_means(task):
 def test_soft_targets():
     logits = torch.randn(4, 2, 5)
     soft = torch.softmax(torch.randn(4, 5), -1)
-    parts = MultiHeadLoss(SoftTargetCrossEntropy(), lam=-0.8)(logits, soft)
+    parts = MultiBranchLoss(SoftTargetCrossEntropy(), lam=-0.8)(logits, soft)
     want = sum(SoftTargetCrossEntropy()(logits[:, k], soft) for k in range(2))
     torch.testing.assert_close(parts.task, want)
 
@@ -74,7 +74,7 @@ def test_negative_lambda_pushes_branches_apart():
     torch.manual_seed(0)
     logits = torch.randn(8, 4, 10, requires_grad=True)
     target = torch.randint(0, 10, (8,))
-    crit = MultiHeadLoss(torch.nn.CrossEntropyLoss(), lam=-0.8)
+    crit = MultiBranchLoss(torch.nn.CrossEntropyLoss(), lam=-0.8)
     before = crit(logits, target).decorrelation.item()
     # one step on the decorrelation part alone: λ·KL with λ < 0 is minimised by raising KL
     (crit.lam * crit(logits, target).decorrelation).backward()
@@ -84,7 +84,7 @@ def test_negative_lambda_pushes_branches_apart():
     assert after > before
     # and λ > 0 pulls them together
     logits.grad = None
-    crit_pos = MultiHeadLoss(torch.nn.CrossEntropyLoss(), lam=0.8)
+    crit_pos = MultiBranchLoss(torch.nn.CrossEntropyLoss(), lam=0.8)
     (crit_pos.lam * crit_pos(logits, target).decorrelation).backward()
     with torch.no_grad():
         assert crit_pos(logits - logits.grad, target).decorrelation.item() < before
@@ -112,7 +112,7 @@ def test_decorrelation_weakens_branch_pull(lam, task):
 
     def branch_part(lam_: float) -> torch.Tensor:
         logits = base.clone().requires_grad_(True)
-        MultiHeadLoss(task, lam=lam_)(logits, target).loss.backward()
+        MultiBranchLoss(task, lam=lam_)(logits, target).loss.backward()
         return logits.grad - logits.grad.mean(dim=1, keepdim=True)
 
     without = branch_part(0.0)

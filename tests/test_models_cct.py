@@ -4,7 +4,7 @@ import torch
 
 import gaheads
 from gaheads.flops import count_macs
-from gaheads.loss import MultiHeadLoss
+from gaheads.loss import MultiBranchLoss
 
 # at 100 classes: ours = the research code's count minus its unused Linear(256 -> 100)
 EXACT_PARAMS = {
@@ -101,7 +101,7 @@ def test_every_parameter_gets_a_gradient(name):
     y = torch.tensor([1, 3, 0, 9])
     logits = m(x, return_branches=True)
     assert torch.isfinite(logits).all()
-    MultiHeadLoss(lam=-0.8)(logits, y).loss.backward()
+    MultiBranchLoss(lam=-0.8)(logits, y).loss.backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient for {missing}"
     assert all(p.grad.abs().sum() > 0 for p in m.parameters())

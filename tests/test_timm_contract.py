@@ -4,7 +4,8 @@ The config checks run on every registered model on the meta device (shapes only,
 the forward / backward / features / intermediates / FX / TorchScript checks run on small
 configurations of each model family. The rules follow timm's: token-output models (CCT, GA-ViT)
 get its "non-standard" config checks (no spatial pool_size, no global_pool=''), the others the
-standard ones. ``benchmarks/timm_model_tests.sh`` runs timm's own test file on these models.
+standard ones. ``benchmarks/timm_model_tests.sh`` runs timm's own test file on these models;
+tests/test_scripting.py checks TorchScript, FX and torch.export on every family and head.
 """
 
 from __future__ import annotations

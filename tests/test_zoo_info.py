@@ -15,8 +15,8 @@ def test_paper_table_covers_every_published_row():
     assert {"GA-ConvNeXt-S", "GA-ConvNeXt-B", "GA-ResNet50", "GA-ViT-S", "GA-ViT-M", "GA-CSWin-T"} <= set(published)
     for row in GA_ROWS + BASELINE_ROWS:
         assert timm.is_model(row.model), row.model
-        if row.seed_alias:
-            assert timm.is_model(row.seed_alias)
+        if row.release_alias:
+            assert timm.is_model(row.release_alias)
 
 
 def test_paper_json_rows_side_by_side(capsys):
@@ -37,7 +37,7 @@ def test_paper_table_text(capsys):
     assert "paper GFLOPs" in out[0] and "RSB-ResNet50" in out[2] and "25,557,032" in out[2] and "+0.00%" in out[2]
 
 
-def test_rows_selected_by_name_or_seed_alias():
+def test_rows_selected_by_name_or_release_alias():
     assert len(select_paper_rows()) == len(GA_ROWS) + len(BASELINE_ROWS)
     picked = select_paper_rows(["ga_CSWin_64_12211_tiny_224", "ga_convnext_base", "convnext_base"])
     assert [(g, r.model) for g, r in picked] == [("GA", "ga_convnext_base_976"), ("GA", "ga_cswin_tiny_224"),

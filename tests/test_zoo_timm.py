@@ -9,7 +9,7 @@ from zoo_checks import forward_backward, meta_params, within
 import gaheads
 from gaheads.checkpoint import build_model, model_config
 from gaheads.flops import count_macs
-from gaheads.models import GAHeadsModel, GAResNet, TimmBackboneModel
+from gaheads.models import GAResNet, TimmBackboneModel
 from gaheads.models.factory import UnknownModelError
 
 PAPER = {"ga_resnet50": (41.3, 5.2), "ga_vit_small": (27.7, 4.3), "ga_vit_medium": (60.5, 9.6)}
@@ -110,7 +110,7 @@ def test_backbone_checkpoint_reports_missing_and_unexpected_keys(tmp_path):
     st = tmp_path / "resnet18.safetensors"
     full = {k: v for k, v in donor.state_dict().items() if not k.startswith("fc.")}
     safetensors.torch.save_file(full, st)
-    model = GAHeadsModel("resnet18", "ga", 2, 4, backbone_checkpoint=st)
+    model = TimmBackboneModel("resnet18", "ga", 2, 4, backbone_checkpoint=st)
     assert model.backbone_load_result.missing_keys == [] and model.backbone_load_result.unexpected_keys == []
 
     assert model.gaheads_config == {"name": "ga2@resnet18", "kwargs": {"num_classes": 4}}
@@ -122,7 +122,7 @@ def test_backbone_checkpoint_reports_missing_and_unexpected_keys(tmp_path):
     torch.testing.assert_close(ga_resnet.backbone.trunk.layer1[0].conv1.weight, donor.layer1[0].conv1.weight)
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        GAHeadsModel("resnet18", backbone_checkpoint=tmp_path / "nope.pth")
+        TimmBackboneModel("resnet18", backbone_checkpoint=tmp_path / "nope.pth")
 
 
 @pytest.mark.parametrize("name, message", [

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gaheads.flops import count_params
-from gaheads.models import MultiHeadModel
+from gaheads.models import MultiBranchModel
 
 
 def create_on_meta(name: str, via_kwarg: bool = False, **kwargs) -> torch.nn.Module:
@@ -43,7 +43,7 @@ def forward_backward(model: nn.Module, size: int, batch: int = 2) -> torch.Tenso
     a finite gradient on every parameter. Returns the per-branch logits (or the logits)."""
     model.train()
     x = torch.randn(batch, 3, size, size)
-    out = model(x, return_branches=True) if isinstance(model, MultiHeadModel) else model(x)
+    out = model(x, return_branches=True) if isinstance(model, MultiBranchModel) else model(x)
     assert torch.isfinite(out).all()
     out.float().square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]

@@ -19,12 +19,12 @@ PACKAGE = "gaheads"
 # Each entry is a module or a subpackage prefix; the longest matching prefix decides.
 LAYERS: dict[str, int] = {
     # leaves: no gaheads imports of their own
-    "optional": 0, "cpu_memory": 0, "threads": 0,
+    "optional": 0, "cpu_memory": 0, "threads": 0, "deprecation": 0,
     "heads": 1,
     "backbones": 2,
     "models": 3,
     "checkpoint": 4, "preprocess": 4, "flops": 4, "loss": 4, "metrics": 4,
-    "data": 5, "inference": 5, "export": 5, "attention_maps": 5, "explain": 5, "diversity": 5,
+    "data": 5, "inference": 5, "export": 5, "attention_maps": 5, "explanation": 5, "diversity": 5,
     "convert": 5, "recipes": 5, "zoo_table": 5,
     "train": 6,
     "cli": 7, "__main__": 7,

@@ -13,13 +13,13 @@ import sys
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "LossParts": "loss", "MultiHeadLoss": "loss", "create_task_loss": "loss",
-    "MultiHeadModel": "models", "create_model": "models", "list_models": "models",
-    "explain": "attention_maps", "load": "checkpoint", "save_weights": "checkpoint",
+    "LossParts": "loss", "MultiBranchLoss": "loss", "create_task_loss": "loss",
+    "MultiBranchModel": "models", "create_model": "models", "list_models": "models",
+    "explain": "explanation", "load": "checkpoint", "save_weights": "checkpoint",
     "create_head": "heads", "predict": "inference",
 }
 
-__all__ = ["LossParts", "MultiHeadLoss", "MultiHeadModel", "create_head", "create_model", "create_task_loss",
+__all__ = ["LossParts", "MultiBranchLoss", "MultiBranchModel", "create_head", "create_model", "create_task_loss",
            "explain", "list_models", "load", "models", "predict", "save_weights", "__version__"]
 
 
@@ -33,7 +33,17 @@ def _installed_version() -> str:
         return "0+unknown"
 
 
+# old public names, kept for one release with a DeprecationWarning
+_RENAMED = {"MultiHeadLoss": "MultiBranchLoss", "MultiHeadModel": "MultiBranchModel"}
+
+
 def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"gaheads.{name} is renamed {_RENAMED[name]}; the old name will be removed in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return __getattr__(_RENAMED[name])
     if name == "__version__":  # read from the package metadata on first use: importing gaheads stays light
         globals()[name] = _installed_version()
         return globals()[name]
@@ -62,9 +72,9 @@ def _started_as_command() -> bool:
 
 if not _started_as_command():
     from . import models  # noqa: E402  (registers every model with timm)
-    from .attention_maps import explain  # noqa: E402
     from .checkpoint import load, save_weights  # noqa: E402
+    from .explanation import explain  # noqa: E402
     from .heads import create_head  # noqa: E402
     from .inference import predict  # noqa: E402
-    from .loss import LossParts, MultiHeadLoss, create_task_loss  # noqa: E402
-    from .models import MultiHeadModel, create_model, list_models  # noqa: E402
+    from .loss import LossParts, MultiBranchLoss, create_task_loss  # noqa: E402
+    from .models import MultiBranchModel, create_model, list_models  # noqa: E402

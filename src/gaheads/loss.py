@@ -16,6 +16,8 @@ import torch
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
+from .deprecation import renamed
+
 
 class LossParts(NamedTuple):
     """The total loss and its two parts (for logging; ``decorrelation`` is Σ_k KL, before λ)."""
@@ -51,7 +53,7 @@ def decorrelation(logits: torch.Tensor) -> torch.Tensor:
     return kl.mean(dim=(0, 2)).sum()
 
 
-class MultiHeadLoss(nn.Module):
+class MultiBranchLoss(nn.Module):
     """Σ_k task(logits_k, y) + λ Σ_k KL(p̄ ‖ p_k) for per-branch logits (B, K, n).
 
     ``target`` is class indices (B,) or soft targets (B, n) (mixup/cutmix). The task loss is
@@ -73,3 +75,6 @@ class MultiHeadLoss(nn.Module):
         # with one branch p̄ = p_1 and the term is exactly 0; with λ = 0 it is still logged
         decor = decorrelation(logits) if k > 1 else logits.new_zeros((), dtype=torch.float32)
         return LossParts(task + self.lam * decor, task, decor)
+
+
+__getattr__ = renamed(__name__, {"MultiHeadLoss": "MultiBranchLoss"}, lambda name: globals()[name])

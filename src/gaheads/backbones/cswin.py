@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp
-from timm.models import register_notrace_module
+from timm.models import register_notrace_function, register_notrace_module
 from torch import nn
 
 from .cct import init_transformer_weights
@@ -39,28 +39,51 @@ def depthwise_conv3x3(channels: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
 
 
+class LePEParams:
+    """For blocks with ``self.lepe``, their LePE convs (one per attention direction): ``lepe_params()``
+    gives their weights and biases, which the attention functions take in place of the modules
+    (TorchScript passes no modules to free functions)."""
+
+    def lepe_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        weights: list[torch.Tensor] = []
+        biases: list[torch.Tensor | None] = []
+        for conv in self.lepe:
+            weights.append(conv.weight)
+            biases.append(conv.bias)
+        return weights, biases
+
+
+def _windows(t: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, K, H, W, C) -> (B*nWin, K, wh*ww, C): the tokens of each (wh, ww) window."""
+    b, nb, h, w, c = t.shape
+    return t.reshape(b, nb, h // wh, wh, w // ww, ww, c).permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, nb, wh * ww, c)
+
+
+def _split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B', K, n, C) -> (B'*K, heads, n, C/heads)."""
+    n, c = t.shape[-2], t.shape[-1]
+    return t.reshape(-1, n, num_heads, c // num_heads).transpose(1, 2)
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], num_heads: int,
-                     lepe: nn.Module) -> torch.Tensor:
+                     lepe_weight: torch.Tensor, lepe_bias: torch.Tensor | None) -> torch.Tensor:
     """Self-attention inside non-overlapping (wh, ww) windows, plus LePE.
 
     q, k, v: (B, K, H, W, C) for K independent branches (K = 1 for a plain block); the
     branches share the window layout and are folded into the batch of one attention call.
-    ``lepe`` is a depthwise conv over K*C channels (branch-major). Returns (B, K, H, W, C).
+    ``lepe_weight`` (K*C, 1, 3, 3) and ``lepe_bias`` (K*C or None) are a depthwise conv over K*C channels
+    (branch-major), applied as ``nn.Conv2d`` would (zero padding 1). Returns (B, K, H, W, C).
     """
     b, nb, h, w, c = q.shape
     wh, ww = window
-    nh, nw, n, hd = h // wh, w // ww, wh * ww, c // num_heads
-
-    def windows(t: torch.Tensor) -> torch.Tensor:  # -> (B*nWin, K, n, C)
-        return t.reshape(b, nb, nh, wh, nw, ww, c).permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, nb, n, c)
-
-    def split_heads(t: torch.Tensor) -> torch.Tensor:  # -> (B*nWin*K, heads, n, hd)
-        return t.reshape(-1, n, num_heads, hd).transpose(1, 2)
-
-    qw, kw, vw = windows(q), windows(k), windows(v)
+    nh, nw, n = h // wh, w // ww, wh * ww
+    qw, kw, vw = _windows(q, wh, ww), _windows(k, wh, ww), _windows(v, wh, ww)
     # LePE sees V of each window as an image, zero-padded at the window's border
-    pos = lepe(vw.transpose(2, 3).reshape(-1, nb * c, wh, ww)).reshape(-1, nb, c, n).transpose(2, 3)
-    out = F.scaled_dot_product_attention(split_heads(qw), split_heads(kw), split_heads(vw))
+    pad = lepe_weight.shape[-1] // 2
+    pos = F.conv2d(vw.transpose(2, 3).reshape(-1, nb * c, wh, ww), lepe_weight, lepe_bias, 1, pad, 1,
+                   lepe_weight.shape[0]).reshape(-1, nb, c, n).transpose(2, 3)
+    out = F.scaled_dot_product_attention(_split_heads(qw, num_heads), _split_heads(kw, num_heads),
+                                         _split_heads(vw, num_heads))
     out = out.transpose(1, 2).reshape(-1, nb, n, c) + pos
     return out.reshape(b, nh, nw, nb, wh, ww, c).permute(0, 3, 1, 4, 2, 5, 6).reshape(b, nb, h, w, c)
 
@@ -73,28 +96,30 @@ def _stripe(size: int, stripe: int, axis: str) -> int:
     return sw
 
 
-def cross_shaped_attention(qkv: torch.Tensor, num_heads: int, stripe: int, lepe: Sequence[nn.Module],
-                           global_attn: bool) -> torch.Tensor:
+@register_notrace_function  # stripe checks on the map size: an FX leaf wherever it is called from
+def cross_shaped_attention(qkv: torch.Tensor, num_heads: int, stripe: int, lepe_weights: list[torch.Tensor],
+                           lepe_biases: list[torch.Tensor | None], global_attn: bool) -> torch.Tensor:
     """CSWin attention of (B, K, H, W, 3C) projected q|k|v -> (B, K, H, W, C).
 
     Cross-shaped: channels [:C/2] with heads/2 in vertical stripes (H, sw), channels [C/2:]
-    in horizontal stripes (sw, W); ``lepe`` holds one conv per direction. Global: one window
-    covering the map, all heads, one LePE conv. A stripe wider than the map is clamped to it.
+    in horizontal stripes (sw, W); ``lepe_weights`` / ``lepe_biases`` hold one depthwise conv
+    per direction (:meth:`LePEParams.lepe_params`). Global: one window covering the map, all heads, one
+    LePE conv. A stripe wider than the map is clamped to it.
     """
-    h, w = qkv.shape[2:4]
+    h, w = qkv.shape[2], qkv.shape[3]
     q, k, v = qkv.chunk(3, dim=-1)
     if global_attn:
-        return window_attention(q, k, v, (h, w), num_heads, lepe[0])
+        return window_attention(q, k, v, (h, w), num_heads, lepe_weights[0], lepe_biases[0])
     half, heads = q.shape[-1] // 2, num_heads // 2
     vertical = window_attention(q[..., :half], k[..., :half], v[..., :half], (h, _stripe(w, stripe, "width")),
-                                heads, lepe[0])
+                                heads, lepe_weights[0], lepe_biases[0])
     horizontal = window_attention(q[..., half:], k[..., half:], v[..., half:], (_stripe(h, stripe, "height"), w),
-                                  heads, lepe[1])
+                                  heads, lepe_weights[1], lepe_biases[1])
     return torch.cat([vertical, horizontal], dim=-1)
 
 
 @register_notrace_module  # stripe checks on the map size: an FX leaf
-class CSWinBlock(nn.Module):
+class CSWinBlock(LePEParams, nn.Module):
     """Pre-norm CSWin block on (B, H, W, C): x + proj(CSWinAttn(LN(x))), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, num_heads: int, stripe: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -112,7 +137,8 @@ class CSWinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(self.norm1(x)).unsqueeze(1)  # one branch: (B, 1, H, W, 3C)
-        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, self.lepe, self.global_attn).squeeze(1)
+        weights, biases = self.lepe_params()
+        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, weights, biases, self.global_attn).squeeze(1)
         x = x + self.drop_path(self.proj(att))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -192,7 +218,8 @@ class CSWin(nn.Module):
                 CSWinBlock(self.dims[i], num_heads[i], stripes[i], mlp_ratio, global_attn=last,
                            drop_path=dpr[start + j]) for j in range(depth)]))
         every = self.depths[2] // (num_intermediates + 1)
-        self.intermediates = [every * i for i in range(1, num_intermediates + 1)]  # blocks n, 2n, …, a·n
+        # blocks n, 2n, …, a·n; a non-empty list of ints for TorchScript: with none, block -1 (never reached)
+        self.intermediates = [every * i for i in range(1, num_intermediates + 1)] or [-1]
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"stages.{i}") for i, d in enumerate(self.dims)]
         self.pyramid_dims = self.dims[:2] + [self.dims[2]] * (num_intermediates + 1) + self.dims[3:]
@@ -209,36 +236,39 @@ class CSWin(nn.Module):
             return dict(stem=r"^stem", blocks=[(r"^(?:merges|stages)\.(\d+)", None)])
         return dict(stem=r"^stem", blocks=[(r"^merges\.(\d+)", None), (r"^stages\.(\d+)\.(\d+)", None)])
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-        return block(x)
+    def _merge(self, x: torch.Tensor, stage_index: int) -> torch.Tensor:
+        """The merge into stage ``stage_index`` (none before stage 0)."""
+        for k, merge in enumerate(self.merges):  # TorchScript indexes a ModuleList by literals only
+            if k + 1 == stage_index:
+                x = merge(x)
+        return x
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Image -> (last-stage map, the four stage outputs, stage 2's intermediates), all channels-last."""
+        x = self.stem(x)
+        levels: list[torch.Tensor] = []
+        inter: list[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            x = self._merge(x, i)
+            for j, block in enumerate(stage, start=1):
+                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+                if i == 2 and j in self.intermediates:
+                    inter.append(x)
+            levels.append(x)
+        return x, levels, inter
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image (B, 3, H, W) -> channels-first maps [stage0, stage1, stage2 intermediates…, stage2, stage3]."""
-        x = self.stem(x)
-        out = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = self.merges[i - 1](x)
-            for j, block in enumerate(stage, start=1):
-                x = self._block(block, x)
-                if i == 2 and j in self.intermediates:
-                    out.append(x.permute(0, 3, 1, 2))
-            out.append(x.permute(0, 3, 1, 2))
-        return out
+        _, levels, inter = self._run(x)
+        return [t.permute(0, 3, 1, 2) for t in levels[:2] + inter + levels[2:]]
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Image -> (last-stage map, the four stage outputs), all channels-last (B, h, w, C)."""
-        x = self.stem(x)
-        levels = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = self.merges[i - 1](x)
-            for block in stage:
-                x = self._block(block, x)
-            levels.append(x)
-        return x, levels
+        final, levels, _ = self._run(x)
+        return final, levels
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> last-stage map, channels-last (B, H/32, W/32, C)."""

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     # the model stack loads only now, so --help answers at once
-    from ..attention_maps import ExplainError, describe, explain
     from ..checkpoint import CheckpointError, as_storage_error, load
+    from ..explanation import ExplainError, describe, explain
     from ..inference import ImageError
 
     output = Path(args.output) if args.output else Path(f"{Path(args.image).stem}_explain.png")

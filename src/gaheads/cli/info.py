@@ -34,7 +34,8 @@ INFO_COLUMNS = [("model", "model"), ("params", "params"), ("backbone", "backbone
                 ("GMACs", "gmacs"), ("branches", "branches"), ("classes", "num_classes"), ("input", "input_size")]
 LIST_COLUMNS = [("model", "model"), ("head", "head"), ("branches", "branches"), ("params", "params"),
                 ("GMACs", "gmacs"), ("input", "input_size"), ("classes", "num_classes")]
-PAPER_COLUMNS = [("row", "group"), ("model", "model"), ("published row", "published"), ("seed alias", "seed_alias"),
+PAPER_COLUMNS = [("row", "group"), ("model", "model"), ("published row", "published"),
+                 ("release alias", "release_alias"),
                  ("paper params (M)", "paper_params_m"), ("paper GFLOPs", "paper_gflops"),
                  ("ref params", "ref_params"), ("ref GMACs", "ref_gmacs"), ("our params", "params"),
                  ("our GMACs", "gmacs"), ("vs", "compared_to"), ("d params", "params_diff_pct"),
@@ -42,19 +43,19 @@ PAPER_COLUMNS = [("row", "group"), ("model", "model"), ("published row", "publis
 
 
 def select_paper_rows(models: list[str] | None = None) -> list[tuple[str, Any]]:
-    """(group, PublishedRow) pairs: all of them, or those whose model or seed alias is in ``models``."""
+    """(group, PublishedRow) pairs: all of them, or those whose model or release alias is in ``models``."""
     from ..models.factory import UnknownModelError
     from ..models.zoo import BASELINE_ROWS, GA_ROWS
 
     table = [("GA", r) for r in GA_ROWS] + [("baseline", r) for r in BASELINE_ROWS]
     if not models:
         return table
-    known = {r.model for _, r in table} | {r.seed_alias for _, r in table if r.seed_alias}
+    known = {r.model for _, r in table} | {r.release_alias for _, r in table if r.release_alias}
     unknown = [m for m in models if m not in known]
     if unknown:
         raise UnknownModelError(f"no published row for {', '.join(unknown)}; rows: "
                                 f"{', '.join(r.model for _, r in table)}")
-    return [(g, r) for g, r in table if r.model in models or r.seed_alias in models]
+    return [(g, r) for g, r in table if r.model in models or r.release_alias in models]
 
 
 def paper_rows(models: list[str] | None = None) -> list[dict[str, Any]]:

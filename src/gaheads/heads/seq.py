@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from timm.layers import trunc_normal_
+from timm.models import register_notrace_module
 from torch import nn
 
 from .class_attention import ClassAttentionBlock
@@ -56,6 +57,7 @@ class SeqAttentionHead(MultiBranchHead):
         return q, attn
 
 
+@register_notrace_module  # checks the token count: an FX leaf
 class TokenAxisQuery(nn.Module):
     """The released AT ablation's query: Linear(N -> width) over the token axis, then the mean of its outputs.
 

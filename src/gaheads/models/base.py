@@ -1,6 +1,7 @@
 """The model contract shared by every gaheads model: a backbone, a K-branch head, timm-style methods."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: torch.fx copies the forward annotations of the traced root
+# into its generated code, and TorchScript cannot resolve them there as strings
 
 from typing import Any
 
@@ -44,7 +45,7 @@ def ensemble_or_branches(logits: torch.Tensor, return_branches: bool) -> torch.T
     return logits if return_branches else logits.mean(dim=1)
 
 
-class MultiHeadModel(nn.Module):
+class MultiBranchModel(nn.Module):
     """A backbone whose features feed a K-branch head.
 
     - ``forward_features(x)``: the backbone's tokens (B, N, C) or map (B, C, H, W)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..backbones.cct import CCT, add_pos_embed
 from ..heads import create_head
-from .base import MultiHeadModel
+from .base import MultiBranchModel
 from .registry import make_cfg, register
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -94,7 +94,7 @@ class CCTBackbone(CCT):
         return self.norm(x), levels
 
 
-class CCTModel(MultiHeadModel):
+class CCTModel(MultiBranchModel):
     """CCT backbone + any head. ``head`` is ``seqpool`` (CCT's own), ``ga``, ``seqattn``, ``sg`` or ``at``.
 
     ``forward_features`` gives tokens (B, N, C) (timm's ``NLC``). The defaults reproduce the

@@ -7,7 +7,8 @@ The configuration (chosen to land within 3% of the paper's 42.0M / 6.1 and 54.3M
 see the README's model zoo) is in ``GA_CSWIN_ARCHS``.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: torch.fx copies the forward annotations of the traced root
+# into its generated code, and TorchScript cannot resolve them there as strings
 
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 from ..backbones.cct import init_transformer_weights
 from ..backbones.cswin import CSWin, CSWinBlock
 from ..heads import GramAttentionHead
-from .base import MultiHeadModel, prefix_matcher, to_output_fmt
+from .base import MultiBranchModel, prefix_matcher, to_output_fmt
 from .gram_layers import BranchCSWinBlock
 from .multiscale import aggregate
 from .registry import make_cfg, register
@@ -97,7 +98,7 @@ class CSWinTransformer(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """timm's intermediate-features API over the four stages (see ``MultiHeadModel.forward_intermediates``)."""
+        """timm's intermediate-features API over the four stages (see ``MultiBranchModel.forward_intermediates``)."""
         take, _ = feature_take_indices(len(self.feature_info), indices)
         final, levels = self.backbone.forward_levels(x)
         picked = [to_output_fmt(levels[i], True, output_fmt) for i in take]
@@ -170,7 +171,7 @@ class MultiScaleCSWin(nn.Module):
         return self.forward_features(x)
 
 
-class GACSWin(MultiHeadModel):
+class GACSWin(MultiBranchModel):
     """GA-CSWin: :class:`MultiScaleCSWin` + K GA branches, each with a CSWin gram layer.
 
     Args:

@@ -19,7 +19,7 @@ from timm.models.convnext import ConvNeXtStage
 from torch import nn
 
 from ..heads import GramAttentionHead
-from .base import MultiHeadModel
+from .base import MultiBranchModel
 from .gram_layers import BranchConvNeXtBlock, layer_scale_names
 from .multiscale import SEBottleneck, aggregate, init_conv_linear, intermediate_blocks
 from .registry import make_cfg, register
@@ -112,7 +112,7 @@ class MultiScaleConvNeXt(nn.Module):
         return self.forward_features(x)
 
 
-class GAConvNeXt(MultiHeadModel):
+class GAConvNeXt(MultiBranchModel):
     """GA-ConvNeXt: :class:`MultiScaleConvNeXt` + K GA branches with ConvNeXt gram layers.
 
     Args:

@@ -1,6 +1,6 @@
 """Multi-branch heads on timm backbones: GA-ResNet50, GA-ViT-S/M and ``<head><K>@<timm model>``.
 
-``GAHeadsModel("resnet18", "ga", 5, num_classes=10)`` — or ``gaheads.create_model("ga5@resnet18")``
+``TimmBackboneModel("resnet18", "ga", 5, num_classes=10)`` — or ``gaheads.create_model("ga5@resnet18")``
 — puts K branches of any head on a timm model's last feature map or tokens. The features
 are timm's pre-logits output with pooling disabled (``global_pool=''``): every backbone
 parameter is used (e.g. ConvNeXt's final norm and MobileNetV3's head conv, which timm keeps
@@ -21,10 +21,11 @@ import timm
 import torch
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_notrace_function
 from torch import nn
 
 from ..heads import HEADS, GramAttentionHead, create_head
-from .base import MultiHeadModel, prefix_matcher
+from .base import MultiBranchModel, prefix_matcher
 from .gram_layers import BranchBottleneck
 from .multiscale import SEBottleneck, init_conv_linear, intermediate_blocks
 from .registry import UnknownModelError, make_cfg, register, suggest
@@ -58,6 +59,24 @@ def load_backbone_checkpoint(module: nn.Module, path: str | os.PathLike) -> nn.m
     else:
         _logger.info("backbone checkpoint %s: all %d keys loaded", path, len(state))
     return result
+
+
+@register_notrace_function  # branches on the features' rank: an FX leaf
+def head_input(y: torch.Tensor, num_prefix_tokens: int, channels_last: bool) -> torch.Tensor:
+    """A timm model's unpooled pre-logits features -> the heads' input.
+
+    Tokens (B, P+N, C) lose their P prefix (class / register) tokens -> (B, N, C); a map is made
+    channels-first (B, C, H, W) when the model's output is channels-last.
+    """
+    if y.ndim == 3:
+        return y[:, num_prefix_tokens:]
+    if y.ndim == 4:
+        return y.permute(0, 3, 1, 2) if channels_last else y
+    raise ValueError("backbone features must be a (B, C, H, W) map or (B, N, C) tokens for the heads")
+
+
+# torch.fx: a leaf wherever it is called from
+torch.fx.wrap("head_input")
 
 
 class TimmFeatures(nn.Module):
@@ -99,12 +118,7 @@ class TimmFeatures(nn.Module):
 
     def post(self, y: torch.Tensor) -> torch.Tensor:
         """The timm model's unpooled features -> the heads' input: map (B, C, H, W) or patch tokens (B, N, C)."""
-        y = self.model.forward_head(y, pre_logits=True)
-        if y.ndim == 3:
-            return y[:, self.num_prefix_tokens:]
-        if y.ndim == 4:
-            return y.permute(0, 3, 1, 2) if self.channels_last else y
-        raise ValueError("backbone features must be a (B, C, H, W) map or (B, N, C) tokens for the heads")
+        return head_input(self.model.forward_head(y, pre_logits=True), self.num_prefix_tokens, self.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.post(self.model.forward_features(x))
@@ -113,7 +127,7 @@ class TimmFeatures(nn.Module):
         return self.forward_features(x)
 
 
-class GAHeadsModel(MultiHeadModel):
+class TimmBackboneModel(MultiBranchModel):
     """Any timm backbone + K branches of any head (``ga``/``gram``, ``seqattn``, ``seqpool``, ``sg``, ``at``).
 
     Args:
@@ -147,7 +161,6 @@ class GAHeadsModel(MultiHeadModel):
             self.backbone_load_result = load_backbone_checkpoint(backbone.model, backbone_checkpoint)
 
 
-TimmBackboneModel = GAHeadsModel
 # where the backbone's weights come from: not the head model's
 _WEIGHT_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "file", "state_dict", "source", "tag", "architecture",
                 "custom_load", "license", "origin_url", "paper_ids", "paper_name", "notes", "label_names",
@@ -186,8 +199,8 @@ def parse_pattern(name: str) -> tuple[str, int, str]:
 
 
 def create_pattern_model(name: str, pretrained: bool = False, pretrained_cfg_overlay: dict | None = None,
-                         checkpoint_path: str | os.PathLike | None = None, **kwargs: Any) -> GAHeadsModel:
-    """Build ``<head><K>@<timm model>``; ``kwargs`` go to :class:`GAHeadsModel` (None values: defaults).
+                         checkpoint_path: str | os.PathLike | None = None, **kwargs: Any) -> TimmBackboneModel:
+    """Build ``<head><K>@<timm model>``; ``kwargs`` go to :class:`TimmBackboneModel` (None values: defaults).
 
     As ``timm.create_model``: ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=...)``
     loads a whole-model weight file the timm way (classifier dropped for another class count,
@@ -199,7 +212,7 @@ def create_pattern_model(name: str, pretrained: bool = False, pretrained_cfg_ove
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     global_pool = kwargs.pop("global_pool", None)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        model = GAHeadsModel(backbone, kind, k, **kwargs)
+        model = TimmBackboneModel(backbone, kind, k, **kwargs)
     if dtype is not None:
         model.to(dtype=dtype)
     if pretrained:
@@ -221,7 +234,7 @@ def model_pretrained_cfg(name: str) -> dict[str, Any] | None:
     """The timm pretrained cfg a model name trains with, without building the model.
 
     A registered name gives its own cfg; ``<head><K>@<timm model>`` gives the backbone's (its
-    input size, mean / std, crop and interpolation), as :class:`GAHeadsModel` uses. None for a
+    input size, mean / std, crop and interpolation), as :class:`TimmBackboneModel` uses. None for a
     name timm registers without a cfg; UnknownModelError for an unknown name or a bad pattern.
     """
     if "@" in name:
@@ -319,14 +332,14 @@ class MultiScaleResNet(nn.Module):
         return self.forward_features(x)
 
 
-class GAResNet(MultiHeadModel):
+class GAResNet(MultiBranchModel):
     """GA-ResNet: :class:`MultiScaleResNet` + K GA branches whose gram layer is a ResNet bottleneck.
 
     As GA-ConvNeXt's gram layer is a ConvNeXt block and GA-CSWin's a CSWin block, GA-ResNet's is
     a block of its own backbone: a bottleneck at the gram width d (:class:`BranchBottleneck`).
 
     ``img_size`` is unused (any input size works); ``backbone_checkpoint`` loads a timm ResNet
-    checkpoint into the trunk, as in :class:`GAHeadsModel`.
+    checkpoint into the trunk, as in :class:`TimmBackboneModel`.
     """
 
     def __init__(self, model_name: str = "resnet50", fifth_dim: int = 512, num_intermediates: int = 0,
@@ -367,7 +380,7 @@ def _register_all() -> None:
         register(__name__, name, GAResNet, cfg, **kw)
     vit_cfg = {**cfg, "first_conv": "backbone.model.patch_embed.proj", "fixed_input_size": True}
     for name, kw in GA_VIT_ARCHS.items():
-        register(__name__, name, GAHeadsModel, vit_cfg, head="ga", num_branches=5, **kw)
+        register(__name__, name, TimmBackboneModel, vit_cfg, head="ga", num_branches=5, **kw)
 
 
 _register_all()

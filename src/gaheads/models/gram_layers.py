@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import register_notrace_module
 from torch import nn
 
-from ..backbones.cswin import check_cswin_dims, cross_shaped_attention
+from ..backbones.cswin import LePEParams, check_cswin_dims, cross_shaped_attention
 from ..heads.common import BranchLayerNorm, BranchLinear
 
 
@@ -131,7 +132,8 @@ def layer_scale_names(model: nn.Module) -> set[str]:
     return {f"{name}.gamma" for name, m in model.named_modules() if isinstance(m, BranchConvNeXtBlock)}
 
 
-class BranchCSWinBlock(nn.Module):
+@register_notrace_module  # stripe checks on the map size, as CSWinBlock: an FX leaf
+class BranchCSWinBlock(LePEParams, nn.Module):
     """K CSWin blocks at width d: LN, cross-shaped window attention with LePE, LN, MLP 4x.
 
     Input and output (B, K, d, H, W). The attention folds the K branches into the batch of
@@ -160,7 +162,8 @@ class BranchCSWinBlock(nn.Module):
         b, k, d, h, w = x.shape
         t = _maps_to_tokens(x)  # (BHW, K, d)
         qkv = self.qkv(self.norm1(t)).view(b, h, w, k, 3 * d).permute(0, 3, 1, 2, 4)  # (B, K, H, W, 3d)
-        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, self.lepe, self.global_attn)
+        weights, biases = self.lepe_params()
+        att = cross_shaped_attention(qkv, self.num_heads, self.stripe, weights, biases, self.global_attn)
         t = t + self._drop(self.proj(att.permute(0, 2, 3, 1, 4).reshape(b * h * w, k, d)), b)
         t = t + self._drop(self.mlp(self.norm2(t)), b)
         return _tokens_to_maps(t, b, h, w)
@@ -170,6 +173,6 @@ class BranchCSWinBlock(nn.Module):
         if self.drop_path == 0.0 or not self.training:
             return y
         keep = 1.0 - self.drop_path
-        v = y.view(b, -1, *y.shape[1:])  # (B, H·W, K, d)
-        mask = v.new_empty(b, 1, v.shape[2], 1).bernoulli_(keep).div_(keep)
+        v = y.view(b, -1, y.shape[1], y.shape[2])  # (B, H·W, K, d)
+        mask = v.new_empty([b, 1, v.shape[2], 1]).bernoulli_(keep).div_(keep)
         return (v * mask).view_as(y)

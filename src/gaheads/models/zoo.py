@@ -18,7 +18,7 @@ class PublishedRow:
     paper_gflops: float | None = None
     ref_params: int | None = None
     ref_gmacs: float | None = None
-    seed_alias: str | None = None
+    release_alias: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -34,8 +34,8 @@ GA_ROWS: tuple[PublishedRow, ...] = (
     PublishedRow("ga_resnet50", "GA-ResNet50", 41.3, 5.2),
     PublishedRow("ga_vit_small", "GA-ViT-S", 27.7, 4.3),
     PublishedRow("ga_vit_medium", "GA-ViT-M", 60.5, 9.6),
-    PublishedRow("ga_cswin_tiny_224", "GA-CSWin-T", 42.0, 6.1, seed_alias="ga_CSWin_64_12211_tiny_224"),
-    PublishedRow("ga_cswin_small_224", "GA-CSWin-S", 54.3, 8.7, seed_alias="ga_CSWin_64_24322_small_224"),
+    PublishedRow("ga_cswin_tiny_224", "GA-CSWin-T", 42.0, 6.1, release_alias="ga_CSWin_64_12211_tiny_224"),
+    PublishedRow("ga_cswin_small_224", "GA-CSWin-S", 54.3, 8.7, release_alias="ga_CSWin_64_24322_small_224"),
 )
 
 BASELINE_ROWS: tuple[PublishedRow, ...] = (

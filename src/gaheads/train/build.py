@@ -15,8 +15,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import check_classes, create_dataset, create_loader, create_transform
-from ..loss import MultiHeadLoss, create_task_loss
-from ..models.base import MultiHeadModel
+from ..loss import MultiBranchLoss, create_task_loss
+from ..models.base import MultiBranchModel
 from ..models.factory import create_model
 from ..models.ga_timm import model_pretrained_cfg
 from ..preprocess import resolve_data_config
@@ -101,7 +101,7 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 
 def is_multi_head(model: nn.Module) -> bool:
-    return isinstance(model, MultiHeadModel)
+    return isinstance(model, MultiBranchModel)
 
 
 def amp_settings(args: argparse.Namespace, device: torch.device,
@@ -127,7 +127,7 @@ class Optimization:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     mixup: Mixup | None
-    loss_fn: MultiHeadLoss
+    loss_fn: MultiBranchLoss
 
 
 def build_optimization(args: argparse.Namespace, model: nn.Module, num_classes: int, updates_per_epoch: int,
@@ -161,7 +161,7 @@ def build_optimization(args: argparse.Namespace, model: nn.Module, num_classes: 
                   prob=a.mixup_prob, switch_prob=a.switch_prob, mode=a.mixup_mode,
                   label_smoothing=a.smoothing, num_classes=num_classes) if mixing else None
     task = create_task_loss(a.smoothing, mixup=mixing, bce=a.bce_loss, bce_target_thresh=a.bce_target_thresh)
-    return Optimization(optimizer, scheduler, scaler, amp_dtype, mixup, MultiHeadLoss(task, lam=a.GA_lam).to(device))
+    return Optimization(optimizer, scheduler, scaler, amp_dtype, mixup, MultiBranchLoss(task, lam=a.GA_lam).to(device))
 
 
 def param_groups(args: argparse.Namespace, model: nn.Module) -> list[dict[str, Any]]:
