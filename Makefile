@@ -7,6 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints/lock.txt
+PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst /,_,$(or $(CONSTRAINTS),newest))
 PIP_SET := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),--upgrade --upgrade-strategy eager)
@@ -27,7 +28,7 @@ versions: $(STAMP)
 	@$(PY) -c "import importlib.metadata as m, platform; print('python', platform.python_version(), '|', ' '.join(f'{p}=={m.version(p)}' for p in ('torch', 'torchvision', 'timm', 'numpy', 'pillow', 'matplotlib', 'safetensors', 'onnx', 'onnxruntime', 'onnxscript', 'mlxtend')))"
 
 test: $(STAMP) versions
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

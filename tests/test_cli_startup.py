@@ -20,13 +20,7 @@ def imported_modules(*args: str) -> tuple[set[str], str]:
     return mods, proc.stdout
 
 
-# a known offender, owned elsewhere: strict, so the mark must go once its module loads torch lazily
-LOADS_TORCH_AT_IMPORT = {"upgrade-checkpoint": "gaheads/cli/upgrade.py imports torch at module level"}
-
-
-@pytest.mark.parametrize("command", [None] + [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=LOADS_TORCH_AT_IMPORT[c]))
-    if c in LOADS_TORCH_AT_IMPORT else c for c in COMMANDS])
+@pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_loads_neither_torch_nor_timm(command):
     mods, out = imported_modules(*([command, "--help"] if command else ["--help"]))
     assert "torch" not in mods and "timm" not in mods and "numpy" not in mods

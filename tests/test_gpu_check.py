@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("env", "cuda_tests", "throughput_eager", "ddp_resume", "loader", "throughput_compiled")
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_step_and_writes_its_results(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "GAHEADS_PYTHON": sys.executable}

@@ -18,17 +18,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoint import (
-    FORMAT,
-    CheckpointError,
-    UnsafeCheckpointError,
-    atomic_save,
-    load_checkpoint,
-    plain_data,
-)
 from . import failed
+
+# torch and the checkpoint module load inside the functions, so that --help answers at once
 
 PROG = "gaheads upgrade-checkpoint"
 
@@ -45,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_trusted(path: Path) -> dict[str, Any]:
     """Unpickle ``path`` with every Python object allowed; call only for a file the user said they trust."""
+    import torch
+
+    from ..checkpoint import FORMAT, CheckpointError
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user passed --trust for this file
     except Exception as e:
@@ -61,6 +57,8 @@ def upgrade(old: str | Path, new: str | Path, trust: bool) -> bool:
     Raises CheckpointError (one line) when ``old`` needs unpickling and ``trust`` is False, or
     holds an object with no plain form; StorageError when ``new`` cannot be written.
     """
+    from ..checkpoint import CheckpointError, UnsafeCheckpointError, atomic_save, load_checkpoint, plain_data
+
     old, new = Path(old), Path(new)
     if not old.is_file():
         raise CheckpointError(f"no checkpoint at {old}")
@@ -82,6 +80,8 @@ def upgrade(old: str | Path, new: str | Path, trust: bool) -> bool:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from ..checkpoint import CheckpointError
+
     try:
         converted = upgrade(args.old, args.output, args.trust)
     except (CheckpointError, OSError) as e:  # OSError: StorageError too (exit 4)
