@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp
 from timm.models import register_notrace_function, register_notrace_module
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from .cct import init_transformer_weights
@@ -79,9 +80,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     nh, nw, n = h // wh, w // ww, wh * ww
     qw, kw, vw = _windows(q, wh, ww), _windows(k, wh, ww), _windows(v, wh, ww)
     # LePE sees V of each window as an image, zero-padded at the window's border
-    pad = lepe_weight.shape[-1] // 2
-    pos = F.conv2d(vw.transpose(2, 3).reshape(-1, nb * c, wh, ww), lepe_weight, lepe_bias, 1, pad, 1,
-                   lepe_weight.shape[0]).reshape(-1, nb, c, n).transpose(2, 3)
+    pad = lepe_weight.shape[-1] // 2  # stride, padding, dilation as pairs: TorchScript of torch 2.6 needs lists
+    pos = F.conv2d(vw.transpose(2, 3).reshape(-1, nb * c, wh, ww), lepe_weight, lepe_bias, [1, 1], [pad, pad],
+                   [1, 1], lepe_weight.shape[0]).reshape(-1, nb, c, n).transpose(2, 3)
     out = F.scaled_dot_product_attention(_split_heads(qw, num_heads), _split_heads(kw, num_heads),
                                          _split_heads(vw, num_heads))
     out = out.transpose(1, 2).reshape(-1, nb, n, c) + pos
@@ -230,6 +231,15 @@ class CSWin(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages (and their merges) after the last level in ``indices``; there is no norm or head here."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.merges = self.merges[:max_index]
+        self.num_features = self.dims[max_index]
+        return take
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         if coarse:

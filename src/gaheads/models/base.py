@@ -67,20 +67,21 @@ class MultiBranchModel(nn.Module):
         self.in_chans = in_chans
         self.global_pool = "head"  # "" (set by reset_classifier(0, "")): forward returns the unpooled features
         self.grad_checkpointing = False
+        self.head_pruned = False  # True once prune_intermediate_layers removed the head
         # timm feature_info: the backbone's levels, named from the model's root
         self.feature_info = [dict(info, module=f"backbone.{info['module']}")
                              for info in getattr(backbone, "feature_info", [])]
 
     @property
     def num_classes(self) -> int:
-        return self.head.num_classes
+        return 0 if self.head_pruned else self.head.num_classes
 
     @property
     def num_branches(self) -> int:
-        return self.head.num_branches
+        return 0 if self.head_pruned else self.head.num_branches
 
     def get_classifier(self) -> nn.Module:
-        return self.head.classifier
+        return self.head if self.head_pruned else self.head.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New per-branch classifiers (none for 0), like timm: ``forward`` then returns the pooled
@@ -91,6 +92,11 @@ class MultiBranchModel(nn.Module):
             if not global_pool and num_classes:
                 raise ValueError("global_pool='' (unpooled features) needs num_classes=0")
             self.global_pool = global_pool or ""
+        if self.head_pruned:
+            if num_classes or self.global_pool:
+                raise ValueError("the head was removed by prune_intermediate_layers: only num_classes=0 with "
+                                 "global_pool='' is possible")
+            return
         self.head.reset_classifier(num_classes)
 
     @torch.jit.ignore
@@ -123,6 +129,30 @@ class MultiBranchModel(nn.Module):
         channels_last = bool(getattr(self.backbone, "levels_channels_last", False))
         picked = [to_output_fmt(levels[i], channels_last, output_fmt) for i in take]
         return picked if intermediates_only else (final, picked)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's pruning API: remove what the ``feature_info`` levels in ``indices`` do not need.
+
+        The backbone loses the stages after the last kept level. Pruning before the last level,
+        or with ``prune_head``, also removes the head and whatever only feeds it (the GA models'
+        multi-scale neck, which reads every stage): ``forward`` and ``forward_features`` then give
+        the backbone's last kept output. ``prune_norm`` removes the backbone's final norm.
+        Returns the kept level indices, for ``forward_intermediates(x, indices=...)``.
+        """
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        prune = getattr(self.backbone, "prune_intermediate_layers", None)
+        if prune is None:
+            raise NotImplementedError(f"{type(self.backbone).__name__} cannot be pruned")
+        drop_head = prune_head or max_index < len(self.feature_info) - 1
+        prune(take, prune_norm=prune_norm, prune_head=drop_head)
+        if drop_head:
+            self.head = nn.Identity()
+            self.head_pruned = True
+            self.global_pool = ""  # forward returns the features
+            self.num_features = self.head_hidden_size = self.backbone.num_features
+        return take
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..backbones.cct import CCT, add_pos_embed
@@ -77,6 +78,16 @@ class CCTBackbone(CCT):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep the encoder layers up to the last level in ``indices`` (level 0: the tokenizer, no layer);
+        ``prune_norm`` removes the final LayerNorm. The head is the model's: ``prune_head`` changes nothing here."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.blocks = self.blocks[:max_index]
+        if prune_norm:
+            self.norm = nn.Identity()
+        return take
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^(?:tokenizer|pos_embed)", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])

@@ -104,6 +104,27 @@ class CSWinTransformer(nn.Module):
         picked = [to_output_fmt(levels[i], True, output_fmt) for i in take]
         return picked if intermediates_only else (self.norm(final), picked)
 
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's pruning API: drop the stages after the last level in ``indices``.
+
+        The final norm (sized for the last stage) goes with ``prune_norm`` or with any stage; the
+        classifier with ``prune_head`` or with any stage (``forward`` then gives the unpooled
+        features). Returns the kept level indices.
+        """
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        prune_end = max_index < len(self.feature_info) - 1
+        self.backbone.prune_intermediate_layers(take)
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_head or prune_end:
+            self.num_features = self.head_hidden_size = self.backbone.num_features
+            self.num_classes = 0
+            self.head = nn.Identity()
+            self.global_pool = ""
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.backbone.forward_features(x))
 
@@ -139,6 +160,7 @@ class MultiScaleCSWin(nn.Module):
                                       for p in dpr])
         self.norm = nn.LayerNorm(fifth_dim)
         self.num_features = fifth_dim
+        self.has_neck = True  # False once prune_intermediate_layers removed the fifth stage
         self.feature_info = [dict(f, module=f"trunk.{f['module']}") for f in self.trunk.feature_info]
         trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
@@ -155,17 +177,37 @@ class MultiScaleCSWin(nn.Module):
         return dict(matcher, blocks=matcher["blocks"] + [(r"^(?:proj|blocks|norm)", (99999,))])
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Image -> (X, the trunk's four stage outputs (B, C, h, w))."""
+        """Image -> (X, the trunk's stage outputs (B, C, h, w): four, fewer once pruned)."""
         pyramid = self.trunk.forward_pyramid(x)
-        return self._neck(pyramid), pyramid[:2] + pyramid[-2:]
+        extra = len(pyramid) - len(self.trunk.stages)  # stage 2's intermediates, in the pyramid after stage 1
+        stage_maps = pyramid[:2] + pyramid[2 + extra:]
+        if not self.has_neck:
+            return pyramid[-1], stage_maps
+        return self._neck(pyramid), stage_maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the trunk stages after the last level in ``indices``; with ``prune_head`` (forced when a
+        stage goes: the neck reads all four) also the fifth stage, its norms included."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.trunk.prune_intermediate_layers(take)
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.proj, self.proj_norm, self.blocks, self.norm = nn.Identity(), nn.Identity(), nn.Sequential(), \
+                nn.Identity()
+            self.has_neck = False
+            self.num_features = self.trunk.num_features
+        return take
 
     def _neck(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         x = self.proj(aggregate(pyramid, pyramid[-2].shape[-2:])).permute(0, 2, 3, 1)
         return self.norm(self.blocks(self.proj_norm(x))).permute(0, 3, 1, 2)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
-        return self._neck(self.trunk.forward_pyramid(x))
+        """(B, 3, H, W) -> X (B, D, H/16, W/16); once pruned, the last kept stage's map."""
+        pyramid = self.trunk.forward_pyramid(x)
+        if not self.has_neck:
+            return pyramid[-1]
+        return self._neck(pyramid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

@@ -15,13 +15,14 @@ import torch
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm, LayerNorm2d
+from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from torch import nn
 
 from ..heads import GramAttentionHead
 from .base import MultiBranchModel
 from .gram_layers import BranchConvNeXtBlock, layer_scale_names
-from .multiscale import SEBottleneck, aggregate, init_conv_linear, intermediate_blocks
+from .multiscale import SEBottleneck, aggregate, drop_neck_after_pruning, init_conv_linear, intermediate_blocks
 from .registry import make_cfg, register
 
 # name: (depths of stages 0-3, dims of stages 0-3 (= D for stage 3), a, e)
@@ -61,6 +62,7 @@ class MultiScaleConvNeXt(nn.Module):
         cat_dim = dims[0] + dims[1] + dims[2] * (num_intermediates + 1) + dims[3]
         self.fifth = SEBottleneck(cat_dim, dims[3], drop_path=dpr[-1])
         self.num_features = dims[3]
+        self.has_neck = True  # False once prune_intermediate_layers removed the fifth stage
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"stages.{i}") for i, d in enumerate(dims)]
         self.apply(init_conv_linear)
@@ -98,15 +100,29 @@ class MultiScaleConvNeXt(nn.Module):
         return out
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Images -> (``forward_features(x)``, the four stage outputs)."""
+        """Images -> (``forward_features(x)``, the stage outputs: four, fewer once pruned)."""
         pyramid = self.forward_pyramid(x)
-        stage_maps = pyramid[:2] + pyramid[-2:]
+        extra = len(pyramid) - len(self.stages)  # stage 2's intermediates, in the pyramid after stage 1
+        stage_maps = pyramid[:2] + pyramid[2 + extra:]
+        if not self.has_neck:
+            return pyramid[-1], stage_maps
         return self.fifth(aggregate(pyramid, pyramid[-2].shape[-2:])), stage_maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
+        """(B, 3, H, W) -> X (B, D, H/16, W/16); once pruned, the last kept stage's map."""
         pyramid = self.forward_pyramid(x)
+        if not self.has_neck:
+            return pyramid[-1]
         return self.fifth(aggregate(pyramid, pyramid[-2].shape[-2:]))
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last level in ``indices``; with ``prune_head`` (forced when a stage
+        goes: the neck reads all four) also the aggregation's fifth stage. There is no final norm."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        drop_neck_after_pruning(self, max_index, prune_head)
+        return take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

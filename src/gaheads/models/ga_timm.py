@@ -22,12 +22,13 @@ import torch
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_notrace_function
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..heads import HEADS, GramAttentionHead, create_head
 from .base import MultiBranchModel, prefix_matcher
 from .gram_layers import BranchBottleneck
-from .multiscale import SEBottleneck, init_conv_linear, intermediate_blocks
+from .multiscale import SEBottleneck, drop_neck_after_pruning, init_conv_linear, intermediate_blocks
 from .registry import UnknownModelError, make_cfg, register, suggest
 
 _logger = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ class TimmFeatures(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return prefix_matcher(self.model.group_matcher(coarse), "model.")
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """The timm model's own pruning (its layers after the last level in ``indices``, its final norm
+        with ``prune_norm``, its pre-logits layers with ``prune_head``)."""
+        prune = getattr(self.model, "prune_intermediate_layers", None)
+        if prune is None:
+            raise NotImplementedError(f"timm's {type(self.model).__name__} has no prune_intermediate_layers")
+        take = prune(indices, prune_norm=prune_norm, prune_head=prune_head)
+        self.num_features = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        return take
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images -> (``forward_features(x)``, the timm model's intermediates, channels-first maps)."""
@@ -269,6 +281,8 @@ class MultiScaleResNet(nn.Module):
         self.num_features = fifth_dim
         # a non-empty list of ints for TorchScript: with no intermediates, block -1 (never reached)
         self.intermediates = sorted(self.intermediates) or [-1]
+        self.num_stages = 4  # trunk stages kept (prune_intermediate_layers lowers it)
+        self.has_neck = True  # False once prune_intermediate_layers removed the fifth stage
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=c, reduction=4 * 2**i, module=f"trunk.layer{i + 1}")
                              for i, c in enumerate(widths)]
@@ -283,7 +297,7 @@ class MultiScaleResNet(nn.Module):
         return dict(stem=r"^trunk\.(?:conv1|bn1)", blocks=[(blocks, None), (r"^fifth", (99999,))])
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Image -> [layer1, layer2, layer3 after blocks n, …, a·n, layer3, layer4]."""
+        """Image -> [layer1, layer2, layer3 after blocks n, …, a·n, layer3, layer4] (up to the kept stages)."""
         t = self.trunk
         x = t.maxpool(t.act1(t.bn1(t.conv1(x))))
         pyramid: list[torch.Tensor] = []
@@ -294,12 +308,14 @@ class MultiScaleResNet(nn.Module):
             else:
                 x = block(x)
         pyramid.append(x)
+        # pruned stages are empty Sequentials: their loops run no block, and they add no level
         for block in t.layer2:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        pyramid.append(x)
+        if self.num_stages > 1:
+            pyramid.append(x)
         j = 0
         for block in t.layer3:
             j += 1
@@ -309,24 +325,43 @@ class MultiScaleResNet(nn.Module):
                 x = block(x)
             if j in self.intermediates:
                 pyramid.append(x)
-        pyramid.append(x)
+        if self.num_stages > 2:
+            pyramid.append(x)
         for block in t.layer4:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        pyramid.append(x)
+        if self.num_stages > 3:
+            pyramid.append(x)
         return pyramid
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Images -> (X, the four trunk stage outputs)."""
+        """Images -> (X, the trunk stage outputs: four, fewer once pruned)."""
         pyramid = self.forward_pyramid(x)
-        return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:]), pyramid[:2] + pyramid[-2:]
+        extra = len(pyramid) - self.num_stages  # layer3's intermediates, in the pyramid after layer2
+        stage_maps = pyramid[:2] + pyramid[2 + extra:]
+        if not self.has_neck:
+            return pyramid[-1], stage_maps
+        return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:]), stage_maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> X (B, D, H/16, W/16)."""
+        """(B, 3, H, W) -> X (B, D, H/16, W/16); once pruned, the last kept stage's map."""
         pyramid = self.forward_pyramid(x)
+        if not self.has_neck:
+            return pyramid[-1]
         return self.fifth.forward_pyramid(pyramid, pyramid[-2].shape[-2:])
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the trunk stages after the last level in ``indices``; with ``prune_head`` (forced when a
+        stage goes: the neck reads all four) also the SE-bottleneck fifth stage. There is no final norm."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        for i in range(max_index + 1, 4):
+            setattr(self.trunk, f"layer{i + 1}", nn.Sequential())  # empty: forward_pyramid skips it
+        self.num_stages = max_index + 1
+        drop_neck_after_pruning(self, max_index, prune_head)
+        return take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

@@ -79,6 +79,16 @@ torch.fx.wrap("aggregate")
 torch.fx.wrap("project_levels")
 
 
+def drop_neck_after_pruning(backbone: nn.Module, max_index: int, prune_head: bool) -> None:
+    """After ``backbone`` kept only its levels up to ``max_index``: remove its aggregation's fifth stage
+    when the head goes too or a level went (the aggregation reads every level); its features are then
+    the last kept level's map."""
+    if prune_head or max_index < len(backbone.feature_info) - 1:
+        backbone.fifth = nn.Identity()
+        backbone.has_neck = False
+        backbone.num_features = backbone.feature_info[max_index]["num_chs"]
+
+
 class SEBottleneck(nn.Module):
     """GA-ConvNeXt's fifth stage: one squeeze-excite bottleneck, (B, C_in, H, W) -> (B, D, H, W).
 
