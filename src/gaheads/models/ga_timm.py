@@ -120,7 +120,11 @@ class TimmFeatures(nn.Module):
         if prune is None:
             raise NotImplementedError(f"timm's {type(self.model).__name__} has no prune_intermediate_layers")
         take = prune(indices, prune_norm=prune_norm, prune_head=prune_head)
-        self.num_features = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        levels = self.model.feature_info
+        if max(take) < len(levels) - 1:  # the features now end at that level (older timm keeps the old count)
+            self.num_features = levels[max(take)]["num_chs"]
+        else:
+            self.num_features = getattr(self.model, "head_hidden_size", None) or self.model.num_features
         return take
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
