@@ -221,3 +221,18 @@ def test_model_config_that_would_read_other_files_is_refused(kwarg, tmp_path, ca
     write_image(tmp_path / "a.png", seed=1)
     assert gaheads_main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(ck)]) == 2
     assert one_line(capsys) == f"gaheads predict: {e.value}"
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch upgrade-ran-code",))
+
+
+def test_upgrade_with_trust_still_refuses_a_file_that_would_run_code(tmp_path, capsys, monkeypatch):
+    """A real crafted pickle: even with --trust, only NumPy arrays, paths and namespaces are rebuilt."""
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": FORMAT, "model": {}, "payload": _RunsCode()}, evil)
+    assert gaheads_main(["upgrade-checkpoint", str(evil), "--trust", "--output", str(tmp_path / "n.pth")]) == 2
+    assert "is not a readable checkpoint (UnpicklingError" in capsys.readouterr().err
+    assert not (tmp_path / "upgrade-ran-code").exists() and not (tmp_path / "n.pth").exists()

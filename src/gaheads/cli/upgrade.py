@@ -2,9 +2,10 @@
 
 Checkpoint files are read with ``torch.load(weights_only=True)``: tensors and plain containers
 only, so opening a file never runs code from it. Earlier releases pickled the NumPy RNG state
-(NumPy arrays) into every checkpoint, which such a load refuses. This command reads such a file
-the unsafe way — only with ``--trust``, as unpickling runs whatever code the file holds — turns
-NumPy arrays and scalars, paths and argparse namespaces into tensors and plain data, writes NEW
+(NumPy arrays) into every checkpoint, which such a load refuses. With ``--trust`` this command reads such a
+file with torch's restricted loader extended by exactly those types (NumPy arrays and scalars,
+paths, argparse namespaces; nothing else, so no code in the file runs), turns them into tensors
+and plain data, writes NEW
 atomically and checks that NEW loads the safe way. A file that already loads safely is re-saved
 without needing ``--trust``.
 
@@ -15,6 +16,7 @@ written (disk full, ...).
 from __future__ import annotations
 
 import argparse
+import pathlib
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old", metavar="OLD", help="the checkpoint to convert (.pth)")
     p.add_argument("--output", required=True, metavar="NEW", help="where to write the converted checkpoint")
     p.add_argument("--trust", action="store_true",
-                   help="unpickle OLD although that can run code it holds: only for a file from a source you trust")
+                   help="convert OLD, rebuilding its NumPy arrays, paths and namespaces (no code in it runs)")
     return p
 
 
 def read_trusted(path: Path) -> dict[str, Any]:
-    """Unpickle ``path`` with every Python object allowed; call only for a file the user said they trust."""
+    """Read ``path`` as written by an earlier release: tensors, plain data, NumPy arrays and scalars,
+    paths and argparse namespaces.
+
+    Still torch's restricted loader (``weights_only=True``), with only those types added to what it
+    may rebuild: nothing in the file can run code, and a file holding anything else is refused.
+    """
+    import numpy as np
     import torch
 
     from ..checkpoint import FORMAT, CheckpointError
 
+    rebuildable = [np.empty(0).__reduce__()[0], np.float64(0).__reduce__()[0], np.ndarray, np.dtype,
+                   *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}, argparse.Namespace, pathlib.PosixPath,
+                   pathlib.PurePosixPath]
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user passed --trust for this file
+        with torch.serialization.safe_globals(rebuildable):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
                               f"{' '.join(str(e).split())})") from e
