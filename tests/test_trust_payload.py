@@ -178,8 +178,9 @@ def test_earlier_release_checkpoint_says_how_to_convert_then_converts(real_run, 
     assert str(e.value) == line
     new = tmp_path / "new.pth"
     assert gaheads_main(["upgrade-checkpoint", str(old), "--output", str(new)]) == 2
-    assert one_line(capsys) == (f"gaheads upgrade-checkpoint: {old} needs unpickling, which runs any code the file "
-                                "holds; pass --trust only if you trust where it came from")
+    assert one_line(capsys) == (f"gaheads upgrade-checkpoint: {old} holds pickled Python objects; pass --trust to "
+                                "convert it (only NumPy arrays, paths and namespaces are rebuilt: no code in the file "
+                                "runs)")
     assert not new.exists()
 
     assert gaheads_main(["upgrade-checkpoint", str(old), "--trust", "--output", str(new)]) == 0

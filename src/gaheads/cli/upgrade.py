@@ -78,8 +78,8 @@ def upgrade(old: str | Path, new: str | Path, trust: bool) -> bool:
         ckpt, converted = load_checkpoint(old), False
     except UnsafeCheckpointError:
         if not trust:
-            raise CheckpointError(f"{old} needs unpickling, which runs any code the file holds; pass --trust only "
-                                  "if you trust where it came from") from None
+            raise CheckpointError(f"{old} holds pickled Python objects; pass --trust to convert it (only NumPy "
+                                  "arrays, paths and namespaces are rebuilt: no code in the file runs)") from None
         ckpt, converted = read_trusted(old), True
     try:
         data = plain_data(ckpt, "checkpoint")
